@@ -1,0 +1,31 @@
+# Set-up and entry points. `make test` is the command CI runs (.ci/run calls it).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Machines without an NVIDIA GPU get the small CPU build of PyTorch; GPU machines keep pip's default
+# (CUDA) build. Override with e.g. `make venv TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"`.
+TORCH ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
+EXTRAS ?= test
+
+.PHONY: venv test test-slow bench clean
+
+$(BIN)/dynslice: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]"
+	touch $@
+
+venv: $(BIN)/dynslice
+
+test: venv
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -q
+
+test-slow: venv
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -q -m slow
+
+bench: venv
+	$(BIN)/python bench/slice_speed.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

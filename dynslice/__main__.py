@@ -1,0 +1,5 @@
+import sys
+
+from dynslice.cli import main
+
+sys.exit(main())

@@ -1,0 +1,38 @@
+"""The `dynslice` command. Each subcommand lives in dynslice/commands/<name>.py and exposes
+`add_parser(subparsers)` (which sets `func`); commands that run flows import them inside the command,
+so importing the library never imports Prefect."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from dynslice.errors import DynsliceError
+
+COMMANDS = ("slice",)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dynslice", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in COMMANDS:
+        importlib.import_module(f"dynslice.commands.{name}").add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except DynsliceError as exc:
+        print(f"dynslice: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

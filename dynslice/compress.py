@@ -1,0 +1,253 @@
+"""The layer loop: fuse norms, then rotate and slice one layer at a time over streamed calibration signals.
+
+Per layer: one attention pass and one MLP pass over the calibration set (sequential blocks), or one pass
+of both (parallel blocks); 2 (resp. 1) covariances accumulated in float64; one eigendecomposition each.
+Layers visit the compute device one at a time; signals may stay on another device (e.g. the CPU).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from dynslice.architectures import ArchSpec, get_path, spec_for
+from dynslice.calibration import Calibration, as_calibration
+from dynslice.errors import DynsliceError
+from dynslice.fusion import fuse_norms
+from dynslice.loopstate import LoopState
+from dynslice.pca import Covariance, pca_basis
+from dynslice.plan import SlicePlan
+from dynslice.rotate import rotate_embedding, rotate_inputs, rotate_outputs, shortcut
+from dynslice.sliced.modeling_dynslice import FORMAT_VERSION, structure_block
+
+log = logging.getLogger(__name__)
+
+
+class _Captured(Exception):
+    """Raised by the hook on layer 0 once it has seen the layer's inputs."""
+
+
+@dataclass
+class _Signals:
+    inputs: list[torch.Tensor]  # per batch [B, T, d_i], on the signal device
+    masks: list[torch.Tensor]  # per batch [B, T]
+    kwargs: list[dict[str, Any]]  # per batch: what the model passes every decoder layer (masks, rotary, ...)
+
+
+def _move(obj: Any, device: torch.device) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_move(o, device) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _move(v, device) for k, v in obj.items()}
+    return obj
+
+
+def _capture(model: nn.Module, spec: ArchSpec, calib: Calibration, batch_size: int, device: torch.device,
+             signal_device: torch.device, keep_inputs: bool) -> _Signals:
+    """Run the embeddings (only) and record layer 0's inputs and keyword arguments per batch."""
+    root_path = spec.layers.rpartition(".")[0]
+    root, layers = get_path(model, root_path), get_path(model, spec.layers)
+    pre = [m for name, m in root.named_children() if m is not layers]
+    homes = [next(m.parameters(), next(m.buffers(), torch.empty(0))).device for m in pre]
+    seen: dict[str, Any] = {}
+
+    def hook(module, args, kwargs):
+        seen["x"] = args[0] if args else kwargs.pop("hidden_states")
+        seen["kwargs"] = {k: v for k, v in kwargs.items() if k != "hidden_states"}
+        raise _Captured
+
+    handle = layers[0].register_forward_pre_hook(hook, with_kwargs=True)
+    signals = _Signals([], [], [])
+    try:
+        for m in pre:
+            m.to(device)
+        for ids, mask in calib.batches(batch_size):
+            try:
+                root(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
+            except _Captured:
+                pass
+            else:
+                raise DynsliceError("the model never reached its first decoder layer")
+            kwargs = dict(seen["kwargs"])
+            kwargs.pop("use_cache", None)
+            kwargs.pop("cache", None)
+            kwargs.pop("past_key_values", None)
+            signals.kwargs.append(_move(kwargs, signal_device))
+            signals.masks.append(mask)
+            if keep_inputs:
+                signals.inputs.append(_zero_pads(seen["x"], mask).to(signal_device))
+    finally:
+        handle.remove()
+        for m, home in zip(pre, homes):
+            m.to(home)
+    return signals
+
+
+def _zero_pads(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Pad positions carry no information; zeroing them keeps NaN from fully masked rows out of real tokens."""
+    return x * mask.to(x.device, x.dtype)[..., None]
+
+
+def _basis_of(outputs: list[torch.Tensor], masks: list[torch.Tensor], device: torch.device,
+              where: str) -> torch.Tensor:
+    cov = Covariance(outputs[0].shape[-1], device)
+    for x, m in zip(outputs, masks):
+        cov.add(x.to(device), m)
+    return pca_basis(cov, where)
+
+
+def _slice_sequential(block: nn.Module, spec: ArchSpec, q: torch.Tensor, widths: tuple[int, int, int],
+                      sig: _Signals, device: torch.device, signal_device: torch.device, where: str) -> torch.Tensor:
+    d_in, d_mid, d_out = widths
+    q_in = q[:, :d_in]
+    for path in spec.attn_inputs:
+        rotate_inputs(get_path(block, path), q_in)
+    like = get_path(block, spec.attn_output).weight
+    back = q_in.T.to(device, like.dtype)  # [d_in, D]: sliced input -> original basis
+    cov = Covariance(q.shape[0], device)
+    for b, (x, m, kw) in enumerate(zip(sig.inputs, sig.masks, sig.kwargs)):
+        x = x.to(device)
+        mid = _zero_pads(x @ back + block.attend(block.norm_attn(x), **_move(kw, device)), m)  # [B, T, D]
+        cov.add(mid, m)
+        sig.inputs[b] = mid.to(signal_device)
+    q_mid = pca_basis(cov, f"{where} attention output")[:, :d_mid]
+    block.attn_shortcut = shortcut(q_in, q_mid, like)
+    rotate_outputs(get_path(block, spec.attn_output), q_mid)
+    for path in spec.mlp_inputs:
+        rotate_inputs(get_path(block, path), q_mid)
+    to_mid = q_mid.to(device, like.dtype)  # [D, d_mid]
+    cov = Covariance(q.shape[0], device)
+    for b, (mid, m) in enumerate(zip(sig.inputs, sig.masks)):
+        h = mid.to(device) @ to_mid
+        out = _zero_pads(h @ to_mid.T + block.feed_forward(block.norm_mlp(h)), m)  # [B, T, D]
+        cov.add(out, m)
+        sig.inputs[b] = out.to(signal_device)
+    q_next = pca_basis(cov, f"{where} output")
+    block.mlp_shortcut = shortcut(q_mid, q_next[:, :d_out], like)
+    rotate_outputs(get_path(block, spec.mlp_output), q_next[:, :d_out])
+    return q_next
+
+
+def _slice_parallel(block: nn.Module, spec: ArchSpec, q: torch.Tensor, widths: tuple[int, int, int],
+                    sig: _Signals, device: torch.device, signal_device: torch.device, where: str) -> torch.Tensor:
+    d_in, _, d_out = widths
+    q_in = q[:, :d_in]
+    for path in spec.attn_inputs + spec.mlp_inputs:
+        rotate_inputs(get_path(block, path), q_in)
+    like = get_path(block, spec.attn_output).weight
+    back = q_in.T.to(device, like.dtype)
+    cov = Covariance(q.shape[0], device)
+    for b, (x, m, kw) in enumerate(zip(sig.inputs, sig.masks, sig.kwargs)):
+        x = x.to(device)
+        normed = block.norm_attn(x)
+        out = x @ back + block.attend(normed, **_move(kw, device)) + block.feed_forward(normed)
+        out = _zero_pads(out, m)
+        cov.add(out, m)
+        sig.inputs[b] = out.to(signal_device)
+    q_next = pca_basis(cov, f"{where} output")
+    block.shortcut = shortcut(q_in, q_next[:, :d_out], like)
+    rotate_outputs(get_path(block, spec.attn_output), q_next[:, :d_out])
+    rotate_outputs(get_path(block, spec.mlp_output), q_next[:, :d_out])
+    return q_next
+
+
+_SLICERS = {"sequential": _slice_sequential, "parallel": _slice_parallel}
+
+
+def _fingerprint(model: nn.Module, calib: Calibration, plan: SlicePlan, batch_size: int) -> str:
+    h = hashlib.sha256()
+    h.update(model.config.to_json_string(use_diff=False).encode())
+    h.update(str(next(model.parameters()).dtype).encode())
+    h.update(json.dumps({"widths": plan.widths, "mid": plan.mid, "batch": batch_size}).encode())
+    h.update(calib.fingerprint().encode())
+    return h.hexdigest()
+
+
+def _embedding_tensors(model: nn.Module, spec: ArchSpec) -> dict[str, torch.Tensor]:
+    return {path: get_path(model, path).weight.data for path in spec.embeddings}
+
+
+def slice_model(model: nn.Module, calibration, plan: SlicePlan, *, batch_size: int = 8,
+                device: str | torch.device | None = None, state_dir: str | None = None,
+                signal_device: str | torch.device | None = None, checkpoint_every: int = 1,
+                progress: bool = True) -> nn.Module:
+    """Rotate and slice `model` in place with the per-layer widths of `plan`; returns the model.
+
+    calibration: LongTensor [N, T] of token ids, or a dict with `input_ids` and `attention_mask`.
+    device: where each layer is computed (default: where the model is); the model may stay on the CPU.
+    signal_device: where calibration signals are kept between layers (default: `device`).
+    state_dir: folder or fsspec URI; the loop state is saved there every `checkpoint_every` layers and a
+        run given the same folder resumes from it, producing the same bytes as an uninterrupted run.
+    """
+    if getattr(model.config, "dynslice", None):
+        raise DynsliceError("this model is already sliced")
+    spec = spec_for(model)
+    plan.check(model.config)
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise DynsliceError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if checkpoint_every < 1:
+        raise DynsliceError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
+    calib = as_calibration(calibration, vocab_size=model.config.vocab_size)
+    home = next(model.parameters()).device
+    device = torch.device(device) if device is not None else home
+    signal_device = torch.device(signal_device) if signal_device is not None else device
+    state = LoopState(state_dir, _fingerprint(model, calib, plan, batch_size)) if state_dir else None
+    resume = state.load() if state else None
+
+    model.eval()
+    with torch.no_grad():
+        fuse_norms(model, spec)
+        arch = spec.to_dict()
+        layers = get_path(model, spec.layers)
+        sig = _capture(model, spec, calib, batch_size, device, signal_device, keep_inputs=resume is None)
+        if resume is None:
+            first = 0
+            q = _basis_of(sig.inputs, sig.masks, device, "embedding")
+            for path in spec.embeddings:
+                rotate_embedding(get_path(model, path), q[:, :plan.widths[0]])
+            sig.inputs = [(x.to(device) @ q[:, :plan.widths[0]].to(device, x.dtype)).to(signal_device)
+                          for x in sig.inputs]
+            if state:
+                state.save_embeddings(_embedding_tensors(model, spec))
+        else:
+            first, q = resume.next_layer, resume.basis.to(device)
+            sig.inputs = [x.to(signal_device) for x in resume.inputs]
+            saved = state.embeddings()
+            for path in spec.embeddings:
+                get_path(model, path).weight = nn.Parameter(saved[path].to(home), requires_grad=False)
+                get_path(model, path).embedding_dim = plan.widths[0]
+            for i in range(first):
+                structure_block(layers[i], arch, plan.widths[i], plan.mid[i], plan.widths[i + 1])
+                layers[i].load_state_dict(state.layer(i))
+        slicer = _SLICERS[spec.topology]
+        saved_upto = first  # layers below this index are already in the state folder
+        bar = tqdm(range(first, plan.num_layers), desc="slicing layers", unit="layer", disable=not progress,
+                   initial=first, total=plan.num_layers)
+        for i in bar:
+            block = layers[i].to(device)
+            widths = (plan.widths[i], plan.mid[i], plan.widths[i + 1])
+            q = slicer(block, spec, q, widths, sig, device, signal_device, f"layer {i}")
+            sig.inputs = [(x.to(device) @ q[:, :widths[2]].to(device, x.dtype)).to(signal_device)
+                          for x in sig.inputs]
+            layers[i] = block.to(home)
+            if state and ((i + 1) % checkpoint_every == 0 or i + 1 == plan.num_layers):
+                for j in range(saved_upto, i + 1):
+                    state.save_layer(j, layers[j].state_dict())
+                state.commit(i + 1, q, sig.inputs)
+                saved_upto = i + 1
+        head = get_path(model, spec.head)
+        rotate_inputs(head, q[:, :plan.widths[-1]])
+    model.config.dynslice = {"format": FORMAT_VERSION, "base_class": type(model).__name__, "arch": arch,
+                             "widths": list(plan.widths), "mid": list(plan.mid), "plan": plan.to_dict()}
+    log.info("sliced %s: %d layers, %d parameters", type(model).__name__, plan.num_layers,
+             sum(p.numel() for p in model.parameters()))
+    return model

@@ -1,0 +1,35 @@
+"""Streaming covariance of masked signals and its PCA basis."""
+
+from __future__ import annotations
+
+import torch
+
+from dynslice.errors import DynsliceError
+
+DAMP = 0.01  # added to the diagonal, as a fraction of its mean: keeps eigh stable on rank-deficient signals
+
+
+class Covariance:
+    """sum over valid tokens of x x^T, accumulated in float64 as batches stream (memory O(D^2))."""
+
+    def __init__(self, width: int, device: torch.device):
+        self.matrix = torch.zeros(width, width, dtype=torch.float64, device=device)
+        self.count = 0
+
+    def add(self, x: torch.Tensor, mask: torch.Tensor) -> None:
+        """x: [B, T, D] signal, mask: [B, T] (1 = real token)."""
+        rows = x[mask.to(x.device).bool()].to(self.matrix.device, torch.float64)  # [n, D]
+        self.matrix.addmm_(rows.T, rows)
+        self.count += rows.shape[0]
+
+
+def pca_basis(cov: Covariance, where: str = "signal") -> torch.Tensor:
+    """Eigenvectors of the damped covariance as columns, by decreasing eigenvalue: Q [D, D], float64."""
+    h = cov.matrix
+    if not bool(torch.isfinite(h).all()):
+        raise DynsliceError(f"non-finite values in the {where} covariance: the model produced NaN/Inf there")
+    damp = DAMP * torch.mean(torch.diag(h))
+    h = h + damp * torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
+    eigenvalues, eigenvectors = torch.linalg.eigh(h)
+    order = torch.argsort(eigenvalues, descending=True)
+    return eigenvectors[:, order]

@@ -1,0 +1,50 @@
+"""Rotations folded into weights. Math runs in float64 and is cast back to each weight's dtype."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+_ROW_CHUNK = 8192  # embedding/head rows per float64 chunk: bounds the extra memory for 100k+ vocabularies
+
+
+def _as(q: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    return q.to(device=w.device, dtype=torch.float64)
+
+
+def _rows_times(weight: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """weight [R, D] @ q [D, d] in float64, a chunk of rows at a time, cast back."""
+    q = _as(q, weight)
+    out = torch.empty(weight.shape[0], q.shape[1], dtype=weight.dtype, device=weight.device)
+    for start in range(0, weight.shape[0], _ROW_CHUNK):
+        out[start:start + _ROW_CHUNK] = (weight[start:start + _ROW_CHUNK].double() @ q).to(weight.dtype)
+    return out
+
+
+def rotate_inputs(linear: nn.Linear, q: torch.Tensor) -> None:
+    """The linear now reads x' = x @ q: W [out, D] -> W @ q [out, d]."""
+    linear.weight = nn.Parameter(_rows_times(linear.weight.data, q), requires_grad=False)
+    linear.in_features = q.shape[1]
+
+
+def rotate_outputs(linear: nn.Linear, q: torch.Tensor) -> None:
+    """The linear now writes y' = y @ q: W [D, in] -> q^T W [d, in], b -> q^T b."""
+    w = linear.weight.data
+    qd = _as(q, w)
+    linear.weight = nn.Parameter((qd.T @ w.double()).to(w.dtype), requires_grad=False)
+    if linear.bias is not None:
+        b = linear.bias.data
+        linear.bias = nn.Parameter((b.double() @ qd).to(b.dtype), requires_grad=False)
+    linear.out_features = q.shape[1]
+
+
+def rotate_embedding(embedding: nn.Embedding, q: torch.Tensor) -> None:
+    """Rows of the table live in the stream: E [V, D] -> E @ q [V, d]."""
+    embedding.weight = nn.Parameter(_rows_times(embedding.weight.data, q), requires_grad=False)
+    embedding.embedding_dim = q.shape[1]
+
+
+def shortcut(q_from: torch.Tensor, q_to: torch.Tensor, like: torch.Tensor) -> nn.Parameter:
+    """Residual change of basis q_from^T @ q_to ([d_in, d_out]), in `like`'s dtype and device."""
+    s = q_from.double().T @ q_to.to(q_from.device).double()
+    return nn.Parameter(s.to(device=like.device, dtype=like.dtype), requires_grad=False)

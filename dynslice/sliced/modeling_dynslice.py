@@ -1,0 +1,238 @@
+"""Modeling code of a dynslice-sliced model: self-contained (torch + transformers only).
+
+`save_sliced` copies this file next to the weights and registers `DynsliceForCausalLM` through
+`auto_map`, so `AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)` loads a sliced model
+on a machine without dynslice. The dynslice engine imports the same classes, so the in-memory sliced
+model and the reloaded one are built by one piece of code.
+
+A sliced model is its base transformers model with three changes, all described by `config.dynslice`:
+- every norm is a scale-free RMSNorm over the ORIGINAL hidden size (scales were folded into linears);
+- the linears that read or write the residual stream are narrower (per-layer widths of the plan);
+- each decoder layer is a block whose residual path carries a change of basis: x @ S instead of x.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import transformers
+from torch import nn
+
+FORMAT_VERSION = 1
+_MISSING = object()
+
+
+def get_path(root: Any, path: str, default: Any = _MISSING) -> Any:
+    obj = root
+    for part in path.split("."):
+        if not hasattr(obj, part):
+            if default is _MISSING:
+                raise AttributeError(f"{type(root).__name__} has no `{path}`")
+            return default
+        obj = getattr(obj, part)
+    return obj
+
+
+def set_path(root: Any, path: str, value: Any) -> None:
+    parent, _, leaf = path.rpartition(".")
+    setattr(get_path(root, parent) if parent else root, leaf, value)
+
+
+class RMSN(nn.Module):
+    """Scale-free RMSNorm whose mean runs over the original width, so it stays right on a sliced stream."""
+
+    def __init__(self, full_width: int, eps: float):
+        super().__init__()
+        self.full_width = full_width
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # half precision squares overflow: compute in float32 (float64 stays float64)
+        xf = x if x.dtype == torch.float64 else x.float()
+        scale = torch.rsqrt(xf.pow(2).sum(-1, keepdim=True) / self.full_width + self.eps)
+        return (xf * scale).to(x.dtype)
+
+
+def _residual(x: torch.Tensor, shortcut: torch.Tensor | None) -> torch.Tensor:
+    return x if shortcut is None else x @ shortcut
+
+
+class _Block(nn.Module):
+    """Takes over a decoder layer's attention, MLP and norms under their own names (state-dict keys stay)."""
+
+    def __init__(self, layer: nn.Module, arch: dict):
+        super().__init__()
+        self._attn, self._attn_norm = arch["attn"], arch["attn_norm"]
+        self._mlp, self._mlp_norm = tuple(arch["mlp"]), arch["mlp_norm"]
+        for name in (self._attn_norm, self._attn, self._mlp_norm, *self._mlp):
+            if name is not None:
+                self.add_module(name, getattr(layer, name))
+        self.layer_idx = getattr(getattr(layer, self._attn), "layer_idx", None)
+
+    def norm_attn(self, x: torch.Tensor) -> torch.Tensor:
+        return getattr(self, self._attn_norm)(x)
+
+    def norm_mlp(self, x: torch.Tensor) -> torch.Tensor:
+        return getattr(self, self._mlp_norm)(x)
+
+    def attend(self, normed: torch.Tensor, **kwargs) -> torch.Tensor:
+        # the library's own attention module, with the keyword arguments the model gave the layer
+        return getattr(self, self._attn)(hidden_states=normed, **kwargs)[0]
+
+    def feed_forward(self, normed: torch.Tensor) -> torch.Tensor:
+        for name in self._mlp:
+            normed = getattr(self, name)(normed)
+        return normed
+
+
+class SequentialBlock(_Block):
+    """h = x S_a + attn(n1(x)); y = h S_m + mlp(n2(h)). S_a: [d_in, d_mid], S_m: [d_mid, d_out]."""
+
+    def __init__(self, layer: nn.Module, arch: dict):
+        super().__init__(layer, arch)
+        self.register_parameter("attn_shortcut", None)
+        self.register_parameter("mlp_shortcut", None)
+
+    def forward(self, hidden_states: torch.Tensor, **kwargs) -> torch.Tensor:
+        h = _residual(hidden_states, self.attn_shortcut) + self.attend(self.norm_attn(hidden_states), **kwargs)
+        return _residual(h, self.mlp_shortcut) + self.feed_forward(self.norm_mlp(h))
+
+
+class ParallelBlock(_Block):
+    """y = x S + attn(n(x)) + mlp(n(x)). S: [d_in, d_out]."""
+
+    def __init__(self, layer: nn.Module, arch: dict):
+        super().__init__(layer, arch)
+        self.register_parameter("shortcut", None)
+
+    def forward(self, hidden_states: torch.Tensor, **kwargs) -> torch.Tensor:
+        normed = self.norm_attn(hidden_states)
+        return (_residual(hidden_states, self.shortcut) + self.attend(normed, **kwargs)
+                + self.feed_forward(normed))
+
+
+BLOCKS = {"sequential": SequentialBlock, "parallel": ParallelBlock}
+
+
+def _norm_eps(norm: nn.Module) -> float:
+    for attr in ("variance_epsilon", "eps"):
+        if hasattr(norm, attr):
+            return float(getattr(norm, attr))
+    raise AttributeError(f"cannot find the epsilon of {type(norm).__name__}")
+
+
+def replace_norms(model: nn.Module, arch: dict, full_width: int) -> None:
+    """Swap every norm for RMSN (no weights: the caller has folded or will load them elsewhere)."""
+    paths = [arch["final_norm"]]
+    for i in range(len(get_path(model, arch["layers"]))):
+        prefix = f"{arch['layers']}.{i}."
+        paths += [prefix + arch["attn_norm"]] + ([prefix + arch["mlp_norm"]] if arch["mlp_norm"] else [])
+    for path in paths:
+        norm = get_path(model, path)
+        if not isinstance(norm, RMSN):
+            set_path(model, path, RMSN(full_width, _norm_eps(norm)))
+
+
+def wrap_layers(model: nn.Module, arch: dict) -> None:
+    """Replace each decoder layer by the shortcut-carrying block of its topology (shortcuts start as identity)."""
+    layers = get_path(model, arch["layers"])
+    block = BLOCKS[arch["topology"]]
+    for i, layer in enumerate(layers):
+        if not isinstance(layer, _Block):
+            layers[i] = block(layer, arch)
+
+
+def _param(like: torch.Tensor, *shape: int) -> nn.Parameter:
+    return nn.Parameter(torch.empty(*shape, dtype=like.dtype, device=like.device), requires_grad=False)
+
+
+def reads_norm_with_bias(arch: dict) -> bool:
+    """LayerNorm biases fold into the linears that read a norm, so those linears always carry a bias."""
+    return arch["norm"] == "layer"
+
+
+def reshape_linear(linear: nn.Linear, in_features: int | None = None, out_features: int | None = None,
+                   bias: bool = False) -> None:
+    """Give `linear` empty parameters of a new shape (filled later by a state dict)."""
+    in_features = linear.in_features if in_features is None else in_features
+    out_features = linear.out_features if out_features is None else out_features
+    linear.weight = _param(linear.weight, out_features, in_features)
+    if bias or linear.bias is not None:
+        linear.bias = _param(linear.weight, out_features)
+    linear.in_features, linear.out_features = in_features, out_features
+
+
+def structure_ends(model: nn.Module, arch: dict, d_first: int, d_last: int) -> None:
+    """Embeddings write `d_first` columns; the head reads `d_last`."""
+    for path in arch["embeddings"]:
+        emb = get_path(model, path)
+        emb.weight = _param(emb.weight, emb.num_embeddings, d_first)
+        emb.embedding_dim = d_first
+    reshape_linear(get_path(model, arch["head"]), in_features=d_last, bias=reads_norm_with_bias(arch))
+
+
+def structure_block(block: _Block, arch: dict, d_in: int, d_mid: int, d_out: int) -> None:
+    """Give one (already wrapped) block the sliced shapes: reads d_in, attention writes d_mid, MLP d_out."""
+    biased, parallel = reads_norm_with_bias(arch), arch["topology"] == "parallel"
+    for path in arch["attn_inputs"]:
+        reshape_linear(get_path(block, path), in_features=d_in, bias=biased)
+    reshape_linear(get_path(block, arch["attn_output"]), out_features=d_out if parallel else d_mid)
+    for path in arch["mlp_inputs"]:
+        reshape_linear(get_path(block, path), in_features=d_in if parallel else d_mid, bias=biased)
+    reshape_linear(get_path(block, arch["mlp_output"]), out_features=d_out)
+    like = get_path(block, arch["mlp_output"]).weight
+    if parallel:
+        block.shortcut = _param(like, d_in, d_out)
+    else:
+        block.attn_shortcut = _param(like, d_in, d_mid)
+        block.mlp_shortcut = _param(like, d_mid, d_out)
+
+
+def apply_structure(model: nn.Module, meta: dict) -> None:
+    """Turn a freshly built base model into the shapes of a sliced one (weights left empty)."""
+    arch, widths, mid = meta["arch"], meta["widths"], meta["mid"]
+    replace_norms(model, arch, model.config.hidden_size)
+    wrap_layers(model, arch)
+    structure_ends(model, arch, widths[0], widths[-1])
+    for i, block in enumerate(get_path(model, arch["layers"])):
+        structure_block(block, arch, widths[i], mid[i], widths[i + 1])
+
+
+_SLICED_CLASSES: dict[str, type] = {}
+
+
+def sliced_class(base_name: str) -> type:
+    """A subclass of the base family's *ForCausalLM whose constructor builds the sliced shapes."""
+    if base_name not in _SLICED_CLASSES:
+        base = getattr(transformers, base_name)
+
+        def __init__(self, config, *args, **kwargs):
+            base.__init__(self, config, *args, **kwargs)
+            apply_structure(self, config.dynslice)
+
+        _SLICED_CLASSES[base_name] = type(f"Sliced{base_name}", (base,), {"__init__": __init__,
+                                                                       "__module__": __name__})
+    return _SLICED_CLASSES[base_name]
+
+
+def _check_config(config) -> dict:
+    meta = getattr(config, "dynslice", None)
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
+        raise ValueError(f"not a dynslice sliced-model config (format {FORMAT_VERSION} expected)")
+    return meta
+
+
+class DynsliceForCausalLM(transformers.PreTrainedModel):
+    """Entry point named in `auto_map`: builds the sliced variant of the base architecture."""
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, config=None, **kwargs):
+        if config is None:
+            config = transformers.AutoConfig.from_pretrained(pretrained_model_name_or_path, **kwargs)
+        target = sliced_class(_check_config(config)["base_class"])
+        return target.from_pretrained(pretrained_model_name_or_path, *args, config=config, **kwargs)
+
+    @classmethod
+    def _from_config(cls, config, **kwargs):
+        return sliced_class(_check_config(config)["base_class"])._from_config(config, **kwargs)

@@ -1,0 +1,78 @@
+"""Tiny models built from configs (no downloads) and calibration data, shared by the tests."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import transformers  # noqa: E402
+
+VOCAB = 96
+
+# hidden 32-48, 2-3 layers: big enough for GQA, biases and partial rotary to matter, small enough for float64.
+CONFIGS = {
+    "llama": lambda: transformers.LlamaConfig(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=True),
+    "mistral": lambda: transformers.MistralConfig(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=1, max_position_embeddings=64, sliding_window=None),
+    "qwen2": lambda: transformers.Qwen2Config(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False),
+    "opt": lambda: transformers.OPTConfig(
+        vocab_size=VOCAB, hidden_size=32, ffn_dim=64, num_hidden_layers=3, num_attention_heads=4,
+        max_position_embeddings=64, word_embed_proj_dim=32, pad_token_id=1),
+    "phi": lambda: transformers.PhiConfig(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=64, partial_rotary_factor=0.5),
+}
+FAMILIES = sorted(CONFIGS)
+
+
+def _perturb_norms(model: torch.nn.Module) -> None:
+    """Fresh norms are all-ones/zero; random scales and biases make fusion tests meaningful."""
+    for name, p in model.named_parameters():
+        if "norm" in name.lower():
+            p.data = (1.0 + 0.3 * torch.randn_like(p)) if name.endswith("weight") else 0.1 * torch.randn_like(p)
+
+
+def _exact_rmsnorm(norm: torch.nn.Module):
+    """transformers' RMSNorm computes in float32 even for float64 inputs; references must be exact."""
+    def forward(x):
+        return norm.weight * x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)
+    return forward
+
+
+def tiny_model(family: str, dtype: torch.dtype = torch.float64, seed: int = 0) -> transformers.PreTrainedModel:
+    torch.manual_seed(seed)
+    config = CONFIGS[family]()
+    config._attn_implementation = "eager"
+    model = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype)
+    _perturb_norms(model)
+    if dtype == torch.float64:
+        for module in model.modules():
+            if type(module).__name__.endswith("RMSNorm"):
+                module.forward = _exact_rmsnorm(module)
+    return model.eval()
+
+
+def calibration(n: int = 6, t: int = 16, seed: int = 1, pad: bool = False) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(2, VOCAB, (n, t), generator=g)
+    mask = torch.ones_like(ids)
+    if pad:  # right-pad every other sample by a varying amount
+        for i in range(0, n, 2):
+            mask[i, t - 3 - i % 5:] = 0
+        ids = ids.masked_fill(mask == 0, 0)
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+@pytest.fixture(params=FAMILIES)
+def family(request) -> str:
+    return request.param
