@@ -19,3 +19,7 @@ class CalibrationError(DynsliceError):
 
 class StateError(DynsliceError):
     """A resumable-loop state folder belongs to another run or is incomplete."""
+
+
+class ScoreError(PlanError):
+    """Layer scores are malformed (NaN, unknown metric) or do not fit the model they are used with."""

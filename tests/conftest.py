@@ -76,3 +76,30 @@ def calibration(n: int = 6, t: int = 16, seed: int = 1, pad: bool = False) -> di
 @pytest.fixture(params=FAMILIES)
 def family(request) -> str:
     return request.param
+
+
+def tiny_tokenizer() -> transformers.PreTrainedTokenizerFast:
+    """Character-level tokenizer over printable ASCII: exactly VOCAB (96) ids, built without the hub."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+
+    vocab = {"[UNK]": 0, **{chr(c): c - 31 for c in range(32, 127)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[UNK]")
+
+
+def param_count(model: torch.nn.Module) -> int:
+    """Unique parameters (a tied head counts once)."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+def uneven_plan(config):
+    """Per-layer widths that differ everywhere, with attention-to-MLP widths of their own."""
+    from dynslice import SlicePlan
+
+    d, n = config.hidden_size, config.num_hidden_layers
+    widths = [d - 8 - 4 * (i % 3) for i in range(n)] + [d]
+    parallel = type(config).__name__.startswith("Phi")
+    mid = None if parallel else [d - 4 * ((i + 1) % 3) for i in range(n)]
+    return SlicePlan.from_widths(widths, mid)

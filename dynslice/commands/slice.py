@@ -1,0 +1,55 @@
+"""`dynslice slice`: rotate-and-slice a local model with a constant (or given) plan and save it."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+log = logging.getLogger(__name__)
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("slice", help="slice a model and save it in the sliced-model format",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", required=True, help="local transformers folder")
+    p.add_argument("--calib", required=True, help="calibration text file (UTF-8)")
+    width = p.add_mutually_exclusive_group(required=True)
+    width.add_argument("--sparsity", type=float, help="constant slicing fraction in [0, 1)")
+    width.add_argument("--plan", help="plan.json written by `dynslice plan`")
+    p.add_argument("--out", required=True, help="output folder or fsspec URI")
+    p.add_argument("--nsamples", type=int, default=32, help="calibration windows")
+    p.add_argument("--seqlen", type=int, default=256, help="tokens per window")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--round-to", type=int, default=8, help="widths are multiples of this")
+    p.add_argument("--device", default=None, help="compute device, e.g. cuda (default: where the model is)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "float64"])
+    p.add_argument("--state-dir", default=None, help="resumable loop state (folder or fsspec URI)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    import transformers
+
+    from dynslice import SlicePlan, save_sliced, slice_model
+    from dynslice.textdata import sample_windows
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(args.model)
+    model = transformers.AutoModelForCausalLM.from_pretrained(args.model, dtype=getattr(torch, args.dtype))
+    with open(args.calib, encoding="utf-8") as f:
+        text = f.read()
+    calibration = sample_windows(tokenizer, [text], args.nsamples, args.seqlen, seed=args.seed)
+    config = model.config
+    if args.plan:
+        with open(args.plan, encoding="utf-8") as f:
+            plan = SlicePlan.from_json(f.read())
+    else:
+        plan = SlicePlan.constant(config.num_hidden_layers, config.hidden_size, args.sparsity, args.round_to)
+    dense = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    slice_model(model, calibration, plan, batch_size=args.batch_size, device=args.device,
+                state_dir=args.state_dir)
+    save_sliced(model, args.out, tokenizer)
+    sliced = sum(p.numel() for p in model.parameters())
+    print(f"saved {args.out}: {sliced:,} parameters ({1 - sliced / dense:.1%} fewer than {dense:,})")
+    return 0

@@ -1,0 +1,46 @@
+"""`dynslice slice` end to end on a tiny local model folder (a real subprocess, like a user's shell)."""
+
+import subprocess
+import sys
+
+import torch
+
+import dynslice
+from conftest import param_count, tiny_model, tiny_tokenizer
+
+TEXT = ("It is a truth universally acknowledged, that a single man in possession of a good fortune, "
+        "must be in want of a wife. ") * 40
+
+
+def _model_dir(tmp_path):
+    folder = tmp_path / "dense"
+    model = tiny_model("llama", dtype=torch.float32)
+    model.save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    (tmp_path / "calib.txt").write_text(TEXT)
+    return folder, model
+
+
+def test_slice_command(tmp_path):
+    folder, dense = _model_dir(tmp_path)
+    out = tmp_path / "sliced"
+    result = subprocess.run(
+        [sys.executable, "-m", "dynslice", "slice", "--model", str(folder), "--calib", str(tmp_path / "calib.txt"),
+         "--sparsity", "0.25", "--out", str(out), "--nsamples", "4", "--seqlen", "32", "--round-to", "4"],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "slicing layers" in result.stderr  # the progress bar
+    model = dynslice.load_sliced(out)
+    plan = dynslice.SlicePlan.constant(3, 32, 0.25, round_to=4)
+    assert model.config.dynslice["widths"] == list(plan.widths)
+    assert param_count(model) == plan.num_parameters(dense.config)
+    assert f"{param_count(model):,} parameters" in result.stdout
+
+
+def test_slice_command_reports_bad_input(tmp_path):
+    folder, _ = _model_dir(tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "dynslice", "slice", "--model", str(folder), "--calib", str(tmp_path / "calib.txt"),
+         "--sparsity", "1.5", "--out", str(tmp_path / "x")], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert "sparsity must be in [0, 1)" in result.stderr

@@ -1,0 +1,62 @@
+"""The sliced model has the plan's shapes and exactly the parameter count the plan predicts."""
+
+import pytest
+import torch
+
+import dynslice
+from conftest import calibration, param_count, tiny_model, uneven_plan
+from dynslice.architectures import get_path, spec_for
+
+
+def test_parameter_count_matches_plan(family):
+    model = tiny_model(family)
+    plan = uneven_plan(model.config)
+    predicted = plan.num_parameters(model.config)
+    dynslice.slice_model(model, calibration(), plan, progress=False)
+    assert param_count(model) == predicted
+
+
+def test_widths_follow_the_plan(family):
+    model = tiny_model(family)
+    spec = spec_for(model)
+    plan = uneven_plan(model.config)
+    dynslice.slice_model(model, calibration(), plan, progress=False)
+    assert model.get_input_embeddings().weight.shape[1] == plan.widths[0]
+    assert get_path(model, spec.head).in_features == plan.widths[-1]
+    for i, block in enumerate(get_path(model, spec.layers)):
+        for path in spec.attn_inputs:
+            assert get_path(block, path).in_features == plan.widths[i]
+        writes = plan.widths[i + 1] if spec.topology == "parallel" else plan.mid[i]
+        assert get_path(block, spec.attn_output).out_features == writes
+        assert get_path(block, spec.mlp_output).out_features == plan.widths[i + 1]
+
+
+def test_dense_count_is_the_full_plan_minus_norms_plus_shortcuts():
+    """A no-op plan on an untied model: + 2 D^2 shortcuts per layer, - the norm scales (folded)."""
+    model = tiny_model("qwen2")  # untied head, RMSNorm: no biases are added by fusion
+    config = model.config
+    d, n = config.hidden_size, config.num_hidden_layers
+    norms = sum(p.numel() for name, p in model.named_parameters() if "norm" in name)
+    full = dynslice.SlicePlan.from_widths([d] * (n + 1))
+    assert full.num_parameters(config) == param_count(model) - norms + 2 * d * d * n
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_low_precision_dtypes(dtype):
+    model = tiny_model("llama", dtype=dtype)
+    plan = uneven_plan(model.config)
+    dynslice.slice_model(model, calibration(), plan, progress=False)
+    assert {p.dtype for p in model.parameters()} == {dtype}
+    with torch.no_grad():
+        logits = model(**calibration()).logits
+    assert torch.isfinite(logits).all()
+
+
+def test_signals_on_another_device_give_the_same_model():
+    """signal_device only moves where signals wait between layers; the result must not change."""
+    a, b = tiny_model("llama"), tiny_model("llama")
+    plan = uneven_plan(a.config)
+    dynslice.slice_model(a, calibration(), plan, progress=False)
+    dynslice.slice_model(b, calibration(), plan, progress=False, device="cpu", signal_device="cpu")
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(pa, pb), name
