@@ -24,7 +24,7 @@ from dynslice.fusion import fuse_norms
 from dynslice.loopstate import LoopState
 from dynslice.pca import Covariance, pca_basis
 from dynslice.plan import SlicePlan
-from dynslice.rotate import rotate_embedding, rotate_inputs, rotate_outputs, shortcut
+from dynslice.rotate import as_parameter, rotate_embedding, rotate_inputs, rotate_outputs
 from dynslice.sliced.modeling_dynslice import FORMAT_VERSION, structure_block
 
 log = logging.getLogger(__name__)
@@ -94,6 +94,8 @@ def _capture(model: nn.Module, spec: ArchSpec, calib: Calibration, batch_size: i
 
 def _zero_pads(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Pad positions carry no information; zeroing them keeps NaN from fully masked rows out of real tokens."""
+    if bool(mask.all()):
+        return x
     return x * mask.to(x.device, x.dtype)[..., None]
 
 
@@ -105,59 +107,100 @@ def _basis_of(outputs: list[torch.Tensor], masks: list[torch.Tensor], device: to
     return pca_basis(cov, where)
 
 
+def _plus_shortcut(update: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """update [B, T, D] + x [B, T, d] zero-padded to D (x holds the leading components of the basis)."""
+    update[..., : x.shape[-1]] += x
+    return update
+
+
+class _Writer:
+    """A linear that writes the stream: rotated to the full current basis for the pass, then to its final basis
+    from the original weights (one rounding in the model dtype, not two)."""
+
+    def __init__(self, linear: nn.Linear):
+        self.linear = linear
+        self.weight = linear.weight.data
+        self.bias = None if linear.bias is None else linear.bias.data
+
+    def rotate(self, q: torch.Tensor) -> None:
+        self.linear.weight = nn.Parameter(self.weight, requires_grad=False)
+        if self.bias is not None:
+            self.linear.bias = nn.Parameter(self.bias, requires_grad=False)
+        self.linear.out_features = self.weight.shape[0]
+        rotate_outputs(self.linear, q)
+
+
+# Signals are kept in the basis of the last PCA, q ([D, D], absolute): a layer's shortcut then needs no
+# matmul (the sliced input is the leading columns of the full one) and its writers are pre-rotated to q, so
+# the new PCA is taken in q's basis (r) and the absolute basis is q @ r. Per layer this costs one
+# projection of the signals per PCA, instead of a reconstruction and a projection.
+
 def _slice_sequential(block: nn.Module, spec: ArchSpec, q: torch.Tensor, widths: tuple[int, int, int],
                       sig: _Signals, device: torch.device, signal_device: torch.device, where: str) -> torch.Tensor:
     d_in, d_mid, d_out = widths
-    q_in = q[:, :d_in]
+    full = q.shape[0]
+    attn_out, mlp_out = _Writer(get_path(block, spec.attn_output)), _Writer(get_path(block, spec.mlp_output))
     for path in spec.attn_inputs:
-        rotate_inputs(get_path(block, path), q_in)
-    like = get_path(block, spec.attn_output).weight
-    back = q_in.T.to(device, like.dtype)  # [d_in, D]: sliced input -> original basis
-    cov = Covariance(q.shape[0], device)
+        rotate_inputs(get_path(block, path), q[:, :d_in])
+    attn_out.rotate(q)
+    like = attn_out.weight
+    cov = Covariance(full, device)
     for b, (x, m, kw) in enumerate(zip(sig.inputs, sig.masks, sig.kwargs)):
         x = x.to(device)
-        mid = _zero_pads(x @ back + block.attend(block.norm_attn(x), **_move(kw, device)), m)  # [B, T, D]
+        mid = _zero_pads(_plus_shortcut(block.attend(block.norm_attn(x), **_move(kw, device)), x), m)  # [B, T, D]
         cov.add(mid, m)
         sig.inputs[b] = mid.to(signal_device)
-    q_mid = pca_basis(cov, f"{where} attention output")[:, :d_mid]
-    block.attn_shortcut = shortcut(q_in, q_mid, like)
-    rotate_outputs(get_path(block, spec.attn_output), q_mid)
+    r_mid = pca_basis(cov, f"{where} attention output")
+    q_mid = q @ r_mid
+    block.attn_shortcut = as_parameter(r_mid[:d_in, :d_mid], like)
+    attn_out.rotate(q_mid[:, :d_mid])
     for path in spec.mlp_inputs:
-        rotate_inputs(get_path(block, path), q_mid)
-    to_mid = q_mid.to(device, like.dtype)  # [D, d_mid]
-    cov = Covariance(q.shape[0], device)
+        rotate_inputs(get_path(block, path), q_mid[:, :d_mid])
+    mlp_out.rotate(q_mid)
+    to_mid = r_mid[:, :d_mid].to(device, like.dtype)  # [D, d_mid]
+    cov = Covariance(full, device)
     for b, (mid, m) in enumerate(zip(sig.inputs, sig.masks)):
         h = mid.to(device) @ to_mid
-        out = _zero_pads(h @ to_mid.T + block.feed_forward(block.norm_mlp(h)), m)  # [B, T, D]
+        out = _zero_pads(_plus_shortcut(block.feed_forward(block.norm_mlp(h)), h), m)  # [B, T, D]
         cov.add(out, m)
         sig.inputs[b] = out.to(signal_device)
-    q_next = pca_basis(cov, f"{where} output")
-    block.mlp_shortcut = shortcut(q_mid, q_next[:, :d_out], like)
-    rotate_outputs(get_path(block, spec.mlp_output), q_next[:, :d_out])
-    return q_next
+    r_out = pca_basis(cov, f"{where} output")
+    block.mlp_shortcut = as_parameter(r_out[:d_mid, :d_out], like)
+    mlp_out.rotate((q_mid @ r_out)[:, :d_out])
+    _project(sig, r_out[:, :d_out], device, signal_device)
+    return q_mid @ r_out
 
 
 def _slice_parallel(block: nn.Module, spec: ArchSpec, q: torch.Tensor, widths: tuple[int, int, int],
                     sig: _Signals, device: torch.device, signal_device: torch.device, where: str) -> torch.Tensor:
     d_in, _, d_out = widths
-    q_in = q[:, :d_in]
+    full = q.shape[0]
+    writers = [_Writer(get_path(block, spec.attn_output)), _Writer(get_path(block, spec.mlp_output))]
     for path in spec.attn_inputs + spec.mlp_inputs:
-        rotate_inputs(get_path(block, path), q_in)
-    like = get_path(block, spec.attn_output).weight
-    back = q_in.T.to(device, like.dtype)
-    cov = Covariance(q.shape[0], device)
+        rotate_inputs(get_path(block, path), q[:, :d_in])
+    for writer in writers:
+        writer.rotate(q)
+    cov = Covariance(full, device)
     for b, (x, m, kw) in enumerate(zip(sig.inputs, sig.masks, sig.kwargs)):
         x = x.to(device)
         normed = block.norm_attn(x)
-        out = x @ back + block.attend(normed, **_move(kw, device)) + block.feed_forward(normed)
+        out = _plus_shortcut(block.attend(normed, **_move(kw, device)) + block.feed_forward(normed), x)
         out = _zero_pads(out, m)
         cov.add(out, m)
         sig.inputs[b] = out.to(signal_device)
-    q_next = pca_basis(cov, f"{where} output")
-    block.shortcut = shortcut(q_in, q_next[:, :d_out], like)
-    rotate_outputs(get_path(block, spec.attn_output), q_next[:, :d_out])
-    rotate_outputs(get_path(block, spec.mlp_output), q_next[:, :d_out])
+    r = pca_basis(cov, f"{where} output")
+    q_next = q @ r
+    block.shortcut = as_parameter(r[:d_in, :d_out], writers[0].weight)
+    for writer in writers:
+        writer.rotate(q_next[:, :d_out])
+    _project(sig, r[:, :d_out], device, signal_device)
     return q_next
+
+
+def _project(sig: _Signals, basis: torch.Tensor, device: torch.device, signal_device: torch.device) -> None:
+    """Next layer's inputs: the signals in the new basis, sliced."""
+    for b, x in enumerate(sig.inputs):
+        sig.inputs[b] = (x.to(device) @ basis.to(device, x.dtype)).to(signal_device)
 
 
 _SLICERS = {"sequential": _slice_sequential, "parallel": _slice_parallel}
@@ -214,8 +257,7 @@ def slice_model(model: nn.Module, calibration, plan: SlicePlan, *, batch_size: i
             q = _basis_of(sig.inputs, sig.masks, device, "embedding")
             for path in spec.embeddings:
                 rotate_embedding(get_path(model, path), q[:, :plan.widths[0]])
-            sig.inputs = [(x.to(device) @ q[:, :plan.widths[0]].to(device, x.dtype)).to(signal_device)
-                          for x in sig.inputs]
+            _project(sig, q[:, :plan.widths[0]], device, signal_device)
             if state:
                 state.save_embeddings(_embedding_tensors(model, spec))
         else:
@@ -236,8 +278,6 @@ def slice_model(model: nn.Module, calibration, plan: SlicePlan, *, batch_size: i
             block = layers[i].to(device)
             widths = (plan.widths[i], plan.mid[i], plan.widths[i + 1])
             q = slicer(block, spec, q, widths, sig, device, signal_device, f"layer {i}")
-            sig.inputs = [(x.to(device) @ q[:, :widths[2]].to(device, x.dtype)).to(signal_device)
-                          for x in sig.inputs]
             layers[i] = block.to(home)
             if state and ((i + 1) % checkpoint_every == 0 or i + 1 == plan.num_layers):
                 for j in range(saved_upto, i + 1):

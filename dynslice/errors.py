@@ -23,3 +23,19 @@ class StateError(DynsliceError):
 
 class ScoreError(PlanError):
     """Layer scores are malformed (NaN, unknown metric) or do not fit the model they are used with."""
+
+
+class SourceError(DynsliceError):
+    """A model (or tokenizer) source cannot be resolved or loaded."""
+
+
+class DataError(DynsliceError):
+    """A data source cannot be resolved or read, or holds too little text for the sampling asked for."""
+
+
+class AssetError(DynsliceError):
+    """An embedded demo asset cannot be fetched, or fails its checksum."""
+
+
+class EvaluationError(DynsliceError):
+    """An evaluation (perplexity, zero-shot, speed) was asked for with inputs it cannot use."""

@@ -44,7 +44,7 @@ def rotate_embedding(embedding: nn.Embedding, q: torch.Tensor) -> None:
     embedding.embedding_dim = q.shape[1]
 
 
-def shortcut(q_from: torch.Tensor, q_to: torch.Tensor, like: torch.Tensor) -> nn.Parameter:
-    """Residual change of basis q_from^T @ q_to ([d_in, d_out]), in `like`'s dtype and device."""
-    s = q_from.double().T @ q_to.to(q_from.device).double()
-    return nn.Parameter(s.to(device=like.device, dtype=like.dtype), requires_grad=False)
+def as_parameter(matrix: torch.Tensor, like: torch.Tensor) -> nn.Parameter:
+    """A float64 basis block (e.g. a residual shortcut [d_in, d_out]) as a frozen weight like `like`."""
+    # clone: a slice of a basis is a view that would keep (and save) the whole [D, D] matrix
+    return nn.Parameter(matrix.to(device=like.device, dtype=like.dtype).clone(), requires_grad=False)

@@ -1,0 +1,51 @@
+"""`dynslice score`: measure each decoder layer's Block Influence on calibration text and write scores.json."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+log = logging.getLogger(__name__)
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("score", help="score each decoder layer's redundancy on calibration text",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", required=True, help="local transformers folder")
+    p.add_argument("--calib", required=True, help="calibration text file (UTF-8)")
+    p.add_argument("--out", required=True, help="scores.json to write (path or fsspec URI)")
+    p.add_argument("--metric", default="cosine", choices=["cosine", "angular"])
+    p.add_argument("--nsamples", type=int, default=32, help="calibration windows")
+    p.add_argument("--seqlen", type=int, default=256, help="tokens per window")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default=None, help="compute device, e.g. cuda (default: where the model is)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "float64"])
+    p.add_argument("--plot", default=None, help="also write the scores as a PNG here")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import fsspec
+    import torch
+    import transformers
+
+    from dynslice import plot_scores, score_layers
+    from dynslice.textdata import sample_windows
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(args.model)
+    model = transformers.AutoModelForCausalLM.from_pretrained(args.model, dtype=getattr(torch, args.dtype))
+    with open(args.calib, encoding="utf-8") as f:
+        text = f.read()
+    calibration = sample_windows(tokenizer, [text], args.nsamples, args.seqlen, seed=args.seed)
+    data_id = f"{args.calib} (windows: n={args.nsamples}, seqlen={args.seqlen}, seed={args.seed})"
+    scores = score_layers(model, calibration, metric=args.metric, batch_size=args.batch_size,
+                          device=args.device, model_id=args.model, data_id=data_id)
+    with fsspec.open(args.out, "w", encoding="utf-8") as f:
+        f.write(scores.to_json() + "\n")
+    if args.plot:
+        with fsspec.open(args.plot, "wb") as f:
+            f.write(plot_scores(scores))
+    print(f"wrote {args.out}: {args.metric} scores of {scores.num_layers} layers over {scores.num_tokens} tokens")
+    print(" ".join(f"{v:.4g}" for v in scores.values))
+    return 0

@@ -1,0 +1,87 @@
+"""ShortGPT's baseline: drop whole decoder layers with the lowest Block Influence (depth pruning).
+
+The result is a standard transformers model of the same class with fewer layers: `config.num_hidden_layers`
+and per-layer config lists shrink, and every module's `layer_idx` is renumbered so the KV cache of
+`generate()` indexes the remaining layers. It saves and loads with plain save_pretrained/from_pretrained.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+from torch import nn
+
+from dynslice.architectures import get_path, set_path, spec_for
+from dynslice.counts import as_config, dense_parameters, layer_parameters
+from dynslice.errors import PlanError, ScoreError, UnsupportedArchitectureError
+from dynslice.scores import LayerScores, check_values
+
+log = logging.getLogger(__name__)
+
+# config entries holding one value per decoder layer, filtered along with the layers
+_PER_LAYER_CONFIG = ("layer_types",)
+
+
+def layers_to_remove(scores, config, *, n: int | None = None, target: float | None = None) -> tuple[int, ...]:
+    """The layers ShortGPT drops, ascending: the n lowest scores (ties: the later layer first).
+
+    Give exactly one of n (a layer count, 0 <= n < L) or target (a fraction of the dense model's unique
+    parameters to remove, in [0, 1)); with a target, the fewest lowest-score layers whose removal meets it.
+    """
+    config = as_config(config)
+    values = check_values(scores.values if isinstance(scores, LayerScores) else scores)
+    layers = config.num_hidden_layers
+    if len(values) != layers:
+        raise ScoreError(f"{len(values)} scores for a model with {layers} decoder layers")
+    if (n is None) == (target is None):
+        raise PlanError("give exactly one of n (layers to remove) or target (fraction of parameters)")
+    # lowest score first; on ties the later layer, whose removal disturbs fewer downstream layers
+    order = sorted(range(layers), key=lambda i: (values[i], -i))
+    if target is not None:
+        if not (isinstance(target, (int, float)) and math.isfinite(target) and 0.0 <= target < 1.0):
+            raise PlanError(f"target must be in [0, 1), got {target!r}")
+        dense, per_layer = dense_parameters(config), layer_parameters(config)
+        removed, n = 0, 0
+        while removed < target * dense:
+            if n == layers - 1:
+                raise PlanError(f"removing {layers - 1} of {layers} layers removes only {removed / dense:.4f} "
+                                f"of the parameters, short of the target {target}")
+            removed += per_layer[order[n]]
+            n += 1
+    if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n < layers:
+        raise PlanError(f"n must be an integer in [0, {layers - 1}] (at least one layer stays), got {n!r}")
+    return tuple(sorted(order[:n]))
+
+
+def parameters_after_removal(config, removed) -> int:
+    """Unique parameters left after dropping the decoder layers `removed` (tied head counted once)."""
+    per_layer = layer_parameters(config)
+    return dense_parameters(config) - sum(per_layer[i] for i in set(removed))
+
+
+def remove_layers(model: nn.Module, scores, n: int | None = None, *, target: float | None = None) -> nn.Module:
+    """Drop the n layers with the lowest score from `model` in place (or as many as `target` needs); returns it.
+
+    scores: `LayerScores` or one score per decoder layer (higher = more important).
+    target: fraction of the dense model's unique parameters to remove instead of a layer count.
+    """
+    spec = spec_for(model)
+    config = model.config
+    if getattr(config, "is_heterogeneous", False):
+        raise UnsupportedArchitectureError("layer removal does not support per-layer (heterogeneous) configs")
+    removed = layers_to_remove(scores, config, n=n, target=target)
+    layers = get_path(model, spec.layers)
+    keep = [i for i in range(len(layers)) if i not in set(removed)]
+    set_path(model, spec.layers, nn.ModuleList([layers[i] for i in keep]))
+    for new_index, layer in enumerate(get_path(model, spec.layers)):
+        for module in layer.modules():
+            if hasattr(module, "layer_idx"):
+                module.layer_idx = new_index  # the KV cache slot this layer reads and writes
+    for key in _PER_LAYER_CONFIG:
+        values = getattr(config, key, None)
+        if isinstance(values, (list, tuple)) and len(values) == len(layers):
+            setattr(config, key, [values[i] for i in keep])
+    config.num_hidden_layers = len(keep)
+    log.info("removed layers %s of %d (%d left)", list(removed), len(layers), len(keep))
+    return model

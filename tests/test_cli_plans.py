@@ -1,0 +1,74 @@
+"""`dynslice score`, `dynslice plan` and `dynslice slice --plan` end to end on a tiny local model folder."""
+
+import json
+
+import torch
+
+import dynslice
+from conftest import param_count, tiny_model, tiny_tokenizer
+from dynslice.cli import main
+
+TEXT = ("It is a truth universally acknowledged, that a single man in possession of a good fortune, "
+        "must be in want of a wife. ") * 40
+
+
+def _model_dir(tmp_path):
+    folder = tmp_path / "dense"
+    model = tiny_model("llama", dtype=torch.float32)
+    model.save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    (tmp_path / "calib.txt").write_text(TEXT)
+    return folder, model
+
+
+def test_score_plan_slice(tmp_path, capsys):
+    folder, dense = _model_dir(tmp_path)
+    calib = str(tmp_path / "calib.txt")
+    scores_json, plot = tmp_path / "scores.json", tmp_path / "scores.png"
+    assert main(["score", "--model", str(folder), "--calib", calib, "--out", str(scores_json),
+                 "--nsamples", "4", "--seqlen", "32", "--plot", str(plot)]) == 0
+    scores = dynslice.LayerScores.from_json(scores_json.read_text())
+    assert scores.num_layers == 3 and scores.num_tokens == 4 * 32 and scores.metric == "cosine"
+    assert scores.provenance["model"]["id"] == str(folder)
+    assert calib in scores.provenance["data"]["id"]
+    assert plot.read_bytes().startswith(b"\x89PNG")
+
+    for budget in ("mean", "params"):
+        plan_json = tmp_path / f"plan-{budget}.json"
+        assert main(["plan", "--scores", str(scores_json), "--target", "0.25", "--variation", "0.1",
+                     "--budget", budget, "--round-to", "4", "--out", str(plan_json),
+                     "--plot", str(tmp_path / "plan.png")]) == 0
+        plan = dynslice.SlicePlan.from_json(plan_json.read_text())
+        expected = dynslice.planners.dynamic(scores, 0.25, 0.1, budget=budget, round_to=4)
+        assert plan == expected
+        assert plan.provenance["budget"] == budget and plan.provenance["model"]["id"] == str(folder)
+        assert f"mean slicing {plan.provenance['achieved_mean_slicing']:.4f}" in capsys.readouterr().out
+
+    out = tmp_path / "sliced"
+    assert main(["slice", "--model", str(folder), "--calib", calib, "--plan", str(plan_json), "--out", str(out),
+                 "--nsamples", "4", "--seqlen", "32"]) == 0
+    model = dynslice.load_sliced(out)
+    assert model.config.dynslice["widths"] == list(plan.widths)
+    assert param_count(model) == plan.num_parameters(dense.config)
+    assert 1 - param_count(model) / param_count(dense) >= 0.25  # the params budget is met
+
+
+def test_constant_planner_and_bad_input(tmp_path, capsys):
+    scores_json = tmp_path / "scores.json"
+    config = json.loads(tiny_model("llama").config.to_json_string(use_diff=False))
+    scores_json.write_text(dynslice.LayerScores((0.3, 0.1, 0.2), "cosine", 10, config=config).to_json())
+    out = tmp_path / "plan.json"
+    assert main(["plan", "--scores", str(scores_json), "--target", "0.25", "--planner", "constant",
+                 "--round-to", "4", "--out", str(out)]) == 0
+    assert dynslice.SlicePlan.from_json(out.read_text()) == dynslice.SlicePlan.constant(3, 32, 0.25, round_to=4)
+    capsys.readouterr()
+    for args, message in [(["--target", "1.5", "--variation", "0.1"], "target must be in [0, 1)"),
+                          (["--target", "0.2", "--variation", "0.3"], "variation must be in [0, target=0.2]"),
+                          (["--target", "0.2"], "--variation is required")]:
+        assert main(["plan", "--scores", str(scores_json), "--out", str(out)] + args) == 2
+        assert message in capsys.readouterr().err
+    scores_json.write_text('{"format": 1, "kind": "layer_scores", "metric": "cosine", "values": [0.1, NaN, 0.2], '
+                           '"num_tokens": 3}')
+    assert main(["plan", "--scores", str(scores_json), "--target", "0.2", "--variation", "0.1",
+                 "--out", str(out)]) == 2
+    assert "not finite" in capsys.readouterr().err
