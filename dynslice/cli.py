@@ -11,7 +11,7 @@ import sys
 
 from dynslice.errors import DynsliceError
 
-COMMANDS = ("slice",)
+COMMANDS = ("slice", "score", "plan")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -41,18 +41,18 @@ class _Signals:
     kwargs: list[dict[str, Any]]  # per batch: what the model passes every decoder layer (masks, rotary, ...)
 
 
-def _move(obj: Any, device: torch.device) -> Any:
+def move_to(obj: Any, device: torch.device) -> Any:
     if isinstance(obj, torch.Tensor):
         return obj.to(device)
     if isinstance(obj, (tuple, list)):
-        return type(obj)(_move(o, device) for o in obj)
+        return type(obj)(move_to(o, device) for o in obj)
     if isinstance(obj, dict):
-        return {k: _move(v, device) for k, v in obj.items()}
+        return {k: move_to(v, device) for k, v in obj.items()}
     return obj
 
 
-def _capture(model: nn.Module, spec: ArchSpec, calib: Calibration, batch_size: int, device: torch.device,
-             signal_device: torch.device, keep_inputs: bool) -> _Signals:
+def capture_layer_inputs(model: nn.Module, spec: ArchSpec, calib: Calibration, batch_size: int,
+                         device: torch.device, signal_device: torch.device, keep_inputs: bool = True) -> _Signals:
     """Run the embeddings (only) and record layer 0's inputs and keyword arguments per batch."""
     root_path = spec.layers.rpartition(".")[0]
     root, layers = get_path(model, root_path), get_path(model, spec.layers)
@@ -81,10 +81,10 @@ def _capture(model: nn.Module, spec: ArchSpec, calib: Calibration, batch_size: i
             kwargs.pop("use_cache", None)
             kwargs.pop("cache", None)
             kwargs.pop("past_key_values", None)
-            signals.kwargs.append(_move(kwargs, signal_device))
+            signals.kwargs.append(move_to(kwargs, signal_device))
             signals.masks.append(mask)
             if keep_inputs:
-                signals.inputs.append(_zero_pads(seen["x"], mask).to(signal_device))
+                signals.inputs.append(zero_pads(seen["x"], mask).to(signal_device))
     finally:
         handle.remove()
         for m, home in zip(pre, homes):
@@ -92,7 +92,7 @@ def _capture(model: nn.Module, spec: ArchSpec, calib: Calibration, batch_size: i
     return signals
 
 
-def _zero_pads(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def zero_pads(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Pad positions carry no information; zeroing them keeps NaN from fully masked rows out of real tokens."""
     if bool(mask.all()):
         return x
@@ -147,7 +147,7 @@ def _slice_sequential(block: nn.Module, spec: ArchSpec, q: torch.Tensor, widths:
     cov = Covariance(full, device)
     for b, (x, m, kw) in enumerate(zip(sig.inputs, sig.masks, sig.kwargs)):
         x = x.to(device)
-        mid = _zero_pads(_plus_shortcut(block.attend(block.norm_attn(x), **_move(kw, device)), x), m)  # [B, T, D]
+        mid = zero_pads(_plus_shortcut(block.attend(block.norm_attn(x), **move_to(kw, device)), x), m)  # [B, T, D]
         cov.add(mid, m)
         sig.inputs[b] = mid.to(signal_device)
     r_mid = pca_basis(cov, f"{where} attention output")
@@ -161,7 +161,7 @@ def _slice_sequential(block: nn.Module, spec: ArchSpec, q: torch.Tensor, widths:
     cov = Covariance(full, device)
     for b, (mid, m) in enumerate(zip(sig.inputs, sig.masks)):
         h = mid.to(device) @ to_mid
-        out = _zero_pads(_plus_shortcut(block.feed_forward(block.norm_mlp(h)), h), m)  # [B, T, D]
+        out = zero_pads(_plus_shortcut(block.feed_forward(block.norm_mlp(h)), h), m)  # [B, T, D]
         cov.add(out, m)
         sig.inputs[b] = out.to(signal_device)
     r_out = pca_basis(cov, f"{where} output")
@@ -184,8 +184,8 @@ def _slice_parallel(block: nn.Module, spec: ArchSpec, q: torch.Tensor, widths: t
     for b, (x, m, kw) in enumerate(zip(sig.inputs, sig.masks, sig.kwargs)):
         x = x.to(device)
         normed = block.norm_attn(x)
-        out = _plus_shortcut(block.attend(normed, **_move(kw, device)) + block.feed_forward(normed), x)
-        out = _zero_pads(out, m)
+        out = _plus_shortcut(block.attend(normed, **move_to(kw, device)) + block.feed_forward(normed), x)
+        out = zero_pads(out, m)
         cov.add(out, m)
         sig.inputs[b] = out.to(signal_device)
     r = pca_basis(cov, f"{where} output")
@@ -251,7 +251,7 @@ def slice_model(model: nn.Module, calibration, plan: SlicePlan, *, batch_size: i
         fuse_norms(model, spec)
         arch = spec.to_dict()
         layers = get_path(model, spec.layers)
-        sig = _capture(model, spec, calib, batch_size, device, signal_device, keep_inputs=resume is None)
+        sig = capture_layer_inputs(model, spec, calib, batch_size, device, signal_device, keep_inputs=resume is None)
         if resume is None:
             first = 0
             q = _basis_of(sig.inputs, sig.masks, device, "embedding")

@@ -12,6 +12,9 @@ from dynslice.plan import SlicePlan
 from dynslice.scores import LayerScores, redundancy
 
 
+_BELOW = {"loc": "upper center", "bbox_to_anchor": (0.5, -0.2), "frameon": False}  # legends under the axes
+
+
 def _figure(num_layers: int):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -42,7 +45,7 @@ def plot_scores(scores: LayerScores) -> bytes:
     model = (scores.provenance.get("model") or {}).get("id")
     ax.set_title(f"layer scores{f' of {model}' if model else ''} ({scores.num_tokens} tokens)", fontsize=9)
     handles = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
-    ax.legend(handles, [h.get_label() for h in handles], fontsize=7, loc="upper center")
+    ax.legend(handles, [h.get_label() for h in handles], fontsize=7, ncol=2, **_BELOW)
     return _png(fig)
 
 
@@ -72,5 +75,5 @@ def plot_plan(plan: SlicePlan, hidden_size: int | None = None) -> bytes:
     if "achieved_param_reduction" in p:
         title.append(f"params removed {p['achieved_param_reduction']:.3f}")
     ax.set_title(", ".join(title), fontsize=9)
-    ax.legend(fontsize=7, loc="lower center")
+    ax.legend(fontsize=7, ncol=3, **_BELOW)
     return _png(fig)

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from dynslice.architectures import get_path, spec_for
 from dynslice.calibration import as_calibration
-from dynslice.compress import _capture, _move, _zero_pads
+from dynslice.compress import capture_layer_inputs, move_to, zero_pads
 from dynslice.errors import ScoreError
 
 log = logging.getLogger(__name__)
@@ -139,6 +139,19 @@ def score_layers(model: nn.Module, calibration, *, metric: str = "cosine", batch
     """
     if metric not in METRICS:
         raise ScoreError(f"unknown metric {metric!r}; expected one of {', '.join(METRICS)}")
+    return score_all_metrics(model, calibration, metrics=(metric,), batch_size=batch_size, device=device,
+                             signal_device=signal_device, model_id=model_id, data_id=data_id,
+                             progress=progress)[metric]
+
+
+def score_all_metrics(model: nn.Module, calibration, *, metrics: tuple[str, ...] = METRICS, batch_size: int = 8,
+                      device: str | torch.device | None = None, signal_device: str | torch.device | None = None,
+                      model_id: str | None = None, data_id: str | None = None,
+                      progress: bool = True) -> dict[str, LayerScores]:
+    """score_layers for several metrics from the same single dense pass: {metric: LayerScores}."""
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown or not metrics:
+        raise ScoreError(f"unknown metric {unknown or metrics!r}; expected some of {', '.join(METRICS)}")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ScoreError(f"batch_size must be a positive integer, got {batch_size!r}")
     spec = spec_for(model)
@@ -147,34 +160,33 @@ def score_layers(model: nn.Module, calibration, *, metric: str = "cosine", batch
     device = torch.device(device) if device is not None else home
     signal_device = torch.device(signal_device) if signal_device is not None else device
     layers = get_path(model, spec.layers)
-    sums = torch.zeros(len(layers), dtype=torch.float64)  # [L] streamed sums over valid tokens
+    sums = {m: torch.zeros(len(layers), dtype=torch.float64) for m in metrics}  # [L] streamed sums
     valid = int(calib.attention_mask.sum())
 
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            sig = _capture(model, spec, calib, batch_size, device, signal_device, keep_inputs=True)
-            bar = tqdm(range(len(layers)), desc=f"scoring layers ({metric})", unit="layer", disable=not progress)
+            sig = capture_layer_inputs(model, spec, calib, batch_size, device, signal_device)
+            bar = tqdm(range(len(layers)), desc="scoring layers", unit="layer", disable=not progress)
             for i in bar:
                 layer = layers[i].to(device)
                 for b, (x, mask, kwargs) in enumerate(zip(sig.inputs, sig.masks, sig.kwargs)):
                     x = x.to(device)  # [B, T, D]
-                    y = layer(x, **_move(kwargs, device))
-                    y = _zero_pads(y[0] if isinstance(y, tuple) else y, mask)  # [B, T, D]
-                    per_token = token_scores(x, y, metric)  # [B, T]
+                    y = layer(x, **move_to(kwargs, device))
+                    y = zero_pads(y[0] if isinstance(y, tuple) else y, mask)  # [B, T, D]
                     keep = mask.to(device).bool()
-                    sums[i] += torch.where(keep, per_token, torch.zeros_like(per_token)).sum().cpu()
+                    for m in metrics:
+                        per_token = token_scores(x, y, m)  # [B, T]
+                        sums[m][i] += torch.where(keep, per_token, torch.zeros_like(per_token)).sum().cpu()
                     sig.inputs[b] = y.to(signal_device)
                 layers[i] = layer.to(home)
-                log.debug("layer %d: %s score %.6g", i, metric, float(sums[i]) / valid)
     finally:
         model.train(was_training)
-    values = tuple(float(s) / valid for s in sums)
     data = {"id": data_id, "fingerprint": calib.fingerprint(), "num_samples": int(calib.input_ids.shape[0]),
             "seq_len": int(calib.input_ids.shape[1]), "num_tokens": valid}
     provenance = {"model": _model_identity(model, model_id), "data": data, "batch_size": batch_size}
-    log.info("scored %d layers (%s) over %d tokens", len(values), metric, valid)
-    return LayerScores(values=values, metric=metric, num_tokens=valid,
-                       config=json.loads(model.config.to_json_string(use_diff=False)),
-                       provenance=provenance)
+    config = json.loads(model.config.to_json_string(use_diff=False))
+    log.info("scored %d layers (%s) over %d tokens", len(layers), ", ".join(metrics), valid)
+    return {m: LayerScores(values=tuple(float(v) / valid for v in sums[m]), metric=m, num_tokens=valid,
+                           config=config, provenance=provenance) for m in metrics}

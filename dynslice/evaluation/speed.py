@@ -3,6 +3,7 @@ model's memory footprint. Measure the dense and the sliced model with the same p
 
 from __future__ import annotations
 
+import inspect
 import logging
 import statistics
 import time
@@ -61,18 +62,32 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _call_style(model) -> tuple[str, dict]:
+    """The KV-cache keyword of this transformers (`cache` from 5.2x, `past_key_values` before), and
+    logits_to_keep=1 where supported: generation computes the head on the last position only."""
+    params = inspect.signature(model.forward).parameters
+    keep = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+    return ("cache" if "cache" in params else "past_key_values"), keep
+
+
+def _kv(out) -> object:
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
+
+
 @torch.inference_mode()
 def _one_run(model, prompts: torch.Tensor, decode_tokens: int, device: torch.device) -> tuple[float, float]:
     """(prefill seconds, decode seconds) of one greedy generation."""
+    cache_kw, keep = _call_style(model)
     _sync(device)
     t0 = time.perf_counter()
-    out = model(input_ids=prompts, use_cache=True)
+    out = model(input_ids=prompts, use_cache=True, **keep)
     _sync(device)
     t1 = time.perf_counter()
-    past, token = out.past_key_values, out.logits[:, -1:].argmax(-1)  # [B, 1]
+    token = out.logits[:, -1:].argmax(-1)  # [B, 1]
     for _ in range(decode_tokens):
-        out = model(input_ids=token, past_key_values=past, use_cache=True)
-        past, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        out = model(input_ids=token, use_cache=True, **{cache_kw: _kv(out)}, **keep)
+        token = out.logits[:, -1:].argmax(-1)
     _sync(device)
     return t1 - t0, time.perf_counter() - t1
 

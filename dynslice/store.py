@@ -1,0 +1,227 @@
+"""Artifact store over fsspec: a local folder by default, `s3://` (s3fs) or any fsspec URI for teams.
+
+Layout under the root URI:
+    blobs/<sha256>                       file contents, content-addressed (immutable)
+    manifests/<stage>/<key>.json         one published artifact: its files (name -> sha256, size), its
+                                         small JSON result and the inputs its key was computed from
+    tmp/<uuid>                           writes in flight; moved to blobs/ once complete
+    checkpoints/<stage>/<key>/           resumable state of long stages (removed once published)
+    runs/<name>/...                      human-readable exports (report, model folder, plots)
+
+A stage's key is the sha256 of its inputs (model identity, data identity, the stage's parameters, the
+stage's code version). Blobs are written first, the manifest last: a reader trusts an artifact only
+through its manifest and verifies every blob's sha256 on lookup, so a torn write or a flipped byte is a
+cache miss (the stage recomputes), never a silent use. Nothing here unpickles anything. Credentials come
+from the environment (or fsspec `storage_options` given by the caller) and are never written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import fsspec
+
+from dynslice.cache import sha256_file
+from dynslice.errors import DynsliceError
+
+log = logging.getLogger(__name__)
+
+_CHUNK = 1 << 22
+_SAFE = set("abcdefghijklmnopqrstuvwxyz0123456789-_.")
+
+
+class StoreError(DynsliceError):
+    """A store URI, key or artifact is malformed."""
+
+
+def canonical_json(data: Any) -> str:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def stage_key(stage: str, version: str, inputs: dict) -> str:
+    """Cache key of a stage: sha256 over exactly what changes its output."""
+    return hashlib.sha256(canonical_json({"stage": stage, "version": version, "inputs": inputs}).encode()).hexdigest()
+
+
+def _check_name(kind: str, name: str) -> str:
+    # keys and names become path components: never let one escape the store root
+    if not name or name.startswith(".") or not set(name.lower()) <= _SAFE:
+        raise StoreError(f"invalid {kind} {name!r}: use letters, digits, '-', '_' and '.'")
+    return name
+
+
+@dataclass(frozen=True)
+class ArtifactRef:
+    """Small JSON reference to a published artifact (what tasks return)."""
+
+    stage: str
+    key: str
+    store: str
+    files: dict[str, str] = field(default_factory=dict)  # name -> sha256
+    result: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"stage": self.stage, "key": self.key, "store": self.store, "files": dict(self.files),
+                "result": self.result}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ArtifactRef":
+        return cls(data["stage"], data["key"], data["store"], dict(data.get("files", {})), dict(data.get("result", {})))
+
+    @property
+    def manifest_uri(self) -> str:
+        return f"{self.store.rstrip('/')}/manifests/{self.stage}/{self.key}.json"
+
+
+class ArtifactStore:
+    def __init__(self, uri: str | os.PathLike, storage_options: dict | None = None):
+        uri = str(uri)
+        if "://" not in uri:
+            uri = "file://" + str(Path(uri).expanduser().resolve())
+        self.uri = uri.rstrip("/")
+        options = dict(storage_options or {})
+        if self.uri.startswith("file://"):
+            options.setdefault("auto_mkdir", True)  # local writes create their folders, like object stores
+        self.fs, self.root = fsspec.core.url_to_fs(self.uri, **options)
+        self.root = self.root.rstrip("/")
+
+    def path(self, *parts: str) -> str:
+        return "/".join([self.root, *parts])
+
+    def url(self, *parts: str) -> str:
+        return "/".join([self.uri, *parts])
+
+    # -- blobs ----------------------------------------------------------------------------------
+    def _put_blob(self, data: bytes | None = None, local: str | os.PathLike | None = None) -> str:
+        digest = hashlib.sha256(data).hexdigest() if data is not None else sha256_file(local)
+        target = self.path("blobs", digest)
+        if self.fs.exists(target) and self._blob_ok(digest):
+            return digest  # content-addressed: an intact copy is already there
+        tmp = self.path("tmp", uuid.uuid4().hex)
+        if data is not None:
+            self.fs.pipe_file(tmp, data)
+        else:
+            self.fs.put_file(str(local), tmp)
+        self.fs.mv(tmp, target)
+        return digest
+
+    def _blob_ok(self, digest: str) -> bool:
+        h = hashlib.sha256()
+        try:
+            with self.fs.open(self.path("blobs", digest), "rb", block_size=_CHUNK) as f:
+                while chunk := f.read(_CHUNK):
+                    h.update(chunk)
+        except FileNotFoundError:
+            return False
+        return h.hexdigest() == digest
+
+    def read_bytes(self, ref: ArtifactRef, name: str) -> bytes:
+        digest = ref.files[name]
+        data = self.fs.cat_file(self.path("blobs", digest))
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise StoreError(f"{ref.stage}/{ref.key[:12]}:{name} does not match its sha256")
+        return data
+
+    def read_json(self, ref: ArtifactRef, name: str) -> Any:
+        return json.loads(self.read_bytes(ref, name))
+
+    def fetch(self, ref: ArtifactRef, folder: str | os.PathLike) -> Path:
+        """Copy an artifact's files into a local folder (verified); reuses intact files already there."""
+        folder = Path(folder)
+        for name, digest in ref.files.items():
+            target = folder / name
+            if target.exists() and sha256_file(target) == digest:
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}")
+            self.fs.get_file(self.path("blobs", digest), str(tmp))
+            if sha256_file(tmp) != digest:
+                tmp.unlink()
+                raise StoreError(f"{ref.stage}/{ref.key[:12]}:{name} does not match its sha256")
+            os.replace(tmp, target)
+        return folder
+
+    # -- manifests ------------------------------------------------------------------------------
+    def lookup(self, stage: str, key: str) -> ArtifactRef | None:
+        """The published artifact for (stage, key) if its manifest and every blob verify, else None."""
+        path = self.path("manifests", _check_name("stage", stage), _check_name("key", key) + ".json")
+        try:
+            manifest = json.loads(self.fs.cat_file(path))
+        except FileNotFoundError:
+            return None
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            log.warning("manifest %s is corrupt: recomputing %s", path, stage)
+            return None
+        files = {name: entry["sha256"] for name, entry in manifest.get("files", {}).items()}
+        for name, digest in files.items():
+            if not self._blob_ok(digest):
+                log.warning("%s/%s: file %s is missing or fails its sha256: recomputing", stage, key[:12], name)
+                return None
+        return ArtifactRef(stage, key, self.uri, files, manifest.get("result", {}))
+
+    def publish(self, stage: str, key: str, *, inputs: dict, result: dict,
+                files: dict[str, bytes | str | os.PathLike] | None = None) -> ArtifactRef:
+        """Write the files as blobs, then the manifest (last): the artifact exists from that moment on."""
+        _check_name("stage", stage), _check_name("key", key)
+        entries = {}
+        for name, content in (files or {}).items():
+            if isinstance(content, bytes):
+                digest, size = self._put_blob(data=content), len(content)
+            else:
+                digest, size = self._put_blob(local=content), Path(content).stat().st_size
+            entries[name] = {"sha256": digest, "size": size}
+        manifest = {"stage": stage, "key": key, "inputs": inputs, "result": result, "files": entries,
+                    "created": time.time(), "execution": uuid.uuid4().hex}
+        tmp = self.path("tmp", uuid.uuid4().hex)
+        self.fs.pipe_file(tmp, canonical_json(manifest).encode())
+        self.fs.mv(tmp, self.path("manifests", stage, key + ".json"))
+        return ArtifactRef(stage, key, self.uri, {n: e["sha256"] for n, e in entries.items()}, result)
+
+    def manifest(self, ref: ArtifactRef) -> dict:
+        return json.loads(self.fs.cat_file(self.path("manifests", ref.stage, ref.key + ".json")))
+
+    def manifests(self, stage: str | None = None) -> list[dict]:
+        pattern = self.path("manifests", stage or "*", "*.json")
+        out = []
+        for path in sorted(self.fs.glob(pattern)):
+            try:
+                out.append(json.loads(self.fs.cat_file(path)))
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                log.warning("skipping corrupt manifest %s", path)
+        return out
+
+    def checkpoint_uri(self, stage: str, key: str) -> str:
+        return self.url("checkpoints", _check_name("stage", stage), _check_name("key", key))
+
+    def drop_checkpoint(self, stage: str, key: str) -> None:
+        path = self.path("checkpoints", stage, key)
+        if self.fs.exists(path):
+            self.fs.rm(path, recursive=True)
+
+    # -- exports --------------------------------------------------------------------------------
+    def export(self, run: str, files: dict[str, bytes | str | os.PathLike]) -> str:
+        """Human-readable copies under runs/<run>/ (MANIFEST.json with hashes written last); returns the URL."""
+        _check_name("run name", run)
+        entries = {}
+        for name, content in files.items():
+            for part in name.split("/"):
+                _check_name("file name", part)
+            target = self.path("runs", run, name)
+            if isinstance(content, bytes):
+                self.fs.pipe_file(target, content)
+                entries[name] = hashlib.sha256(content).hexdigest()
+            else:
+                self.fs.put_file(str(content), target)
+                entries[name] = sha256_file(content)
+        self.fs.pipe_file(self.path("runs", run, "MANIFEST.json"),
+                          json.dumps({"files": entries, "created": time.time()}, indent=2, sort_keys=True).encode())
+        return self.url("runs", run)
+
