@@ -30,6 +30,9 @@ from dynslice.sliced.modeling_dynslice import FORMAT_VERSION, structure_block
 log = logging.getLogger(__name__)
 
 
+SPECTRUM = "__spectrum__."  # prefix of the eigenvalues stored beside a layer's weights in the loop state
+
+
 class _Captured(Exception):
     """Raised by the hook on layer 0 once it has seen the layer's inputs."""
 
@@ -100,7 +103,7 @@ def zero_pads(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def _basis_of(outputs: list[torch.Tensor], masks: list[torch.Tensor], device: torch.device,
-              where: str) -> torch.Tensor:
+              where: str) -> tuple[torch.Tensor, torch.Tensor]:
     cov = Covariance(outputs[0].shape[-1], device)
     for x, m in zip(outputs, masks):
         cov.add(x.to(device), m)
@@ -150,7 +153,7 @@ def _slice_sequential(block: nn.Module, spec: ArchSpec, q: torch.Tensor, widths:
         mid = zero_pads(_plus_shortcut(block.attend(block.norm_attn(x), **move_to(kw, device)), x), m)  # [B, T, D]
         cov.add(mid, m)
         sig.inputs[b] = mid.to(signal_device)
-    r_mid = pca_basis(cov, f"{where} attention output")
+    r_mid, spectrum_mid = pca_basis(cov, f"{where} attention output")
     q_mid = q @ r_mid
     block.attn_shortcut = as_parameter(r_mid[:d_in, :d_mid], like)
     attn_out.rotate(q_mid[:, :d_mid])
@@ -164,11 +167,11 @@ def _slice_sequential(block: nn.Module, spec: ArchSpec, q: torch.Tensor, widths:
         out = zero_pads(_plus_shortcut(block.feed_forward(block.norm_mlp(h)), h), m)  # [B, T, D]
         cov.add(out, m)
         sig.inputs[b] = out.to(signal_device)
-    r_out = pca_basis(cov, f"{where} output")
+    r_out, spectrum_out = pca_basis(cov, f"{where} output")
     block.mlp_shortcut = as_parameter(r_out[:d_mid, :d_out], like)
     mlp_out.rotate((q_mid @ r_out)[:, :d_out])
     _project(sig, r_out[:, :d_out], device, signal_device)
-    return q_mid @ r_out
+    return q_mid @ r_out, {"mid": spectrum_mid, "out": spectrum_out}
 
 
 def _slice_parallel(block: nn.Module, spec: ArchSpec, q: torch.Tensor, widths: tuple[int, int, int],
@@ -188,13 +191,13 @@ def _slice_parallel(block: nn.Module, spec: ArchSpec, q: torch.Tensor, widths: t
         out = zero_pads(out, m)
         cov.add(out, m)
         sig.inputs[b] = out.to(signal_device)
-    r = pca_basis(cov, f"{where} output")
+    r, spectrum = pca_basis(cov, f"{where} output")
     q_next = q @ r
     block.shortcut = as_parameter(r[:d_in, :d_out], writers[0].weight)
     for writer in writers:
         writer.rotate(q_next[:, :d_out])
     _project(sig, r[:, :d_out], device, signal_device)
-    return q_next
+    return q_next, {"out": spectrum}
 
 
 def _project(sig: _Signals, basis: torch.Tensor, device: torch.device, signal_device: torch.device) -> None:
@@ -222,7 +225,7 @@ def _embedding_tensors(model: nn.Module, spec: ArchSpec) -> dict[str, torch.Tens
 def slice_model(model: nn.Module, calibration, plan: SlicePlan, *, batch_size: int = 8,
                 device: str | torch.device | None = None, state_dir: str | None = None,
                 signal_device: str | torch.device | None = None, checkpoint_every: int = 1,
-                progress: bool = True) -> nn.Module:
+                progress: bool = True, spectra: dict | None = None) -> nn.Module:
     """Rotate and slice `model` in place with the per-layer widths of `plan`; returns the model.
 
     calibration: LongTensor [N, T] of token ids, or a dict with `input_ids` and `attention_mask`.
@@ -230,7 +233,10 @@ def slice_model(model: nn.Module, calibration, plan: SlicePlan, *, batch_size: i
     signal_device: where calibration signals are kept between layers (default: `device`).
     state_dir: folder or fsspec URI; the loop state is saved there every `checkpoint_every` layers and a
         run given the same folder resumes from it, producing the same bytes as an uninterrupted run.
+    spectra: if a dict is given, it receives the PCA eigenvalues (float64 tensors [D]) of every basis:
+        "embedding", then "layer.{i}.mid" (sequential blocks) and "layer.{i}.out"; they survive a resume.
     """
+    spectra = {} if spectra is None else spectra
     if getattr(model.config, "dynslice", None):
         raise DynsliceError("this model is already sliced")
     spec = spec_for(model)
@@ -254,22 +260,27 @@ def slice_model(model: nn.Module, calibration, plan: SlicePlan, *, batch_size: i
         sig = capture_layer_inputs(model, spec, calib, batch_size, device, signal_device, keep_inputs=resume is None)
         if resume is None:
             first = 0
-            q = _basis_of(sig.inputs, sig.masks, device, "embedding")
+            q, spectrum = _basis_of(sig.inputs, sig.masks, device, "embedding")
+            spectra["embedding"] = spectrum.cpu()
             for path in spec.embeddings:
                 rotate_embedding(get_path(model, path), q[:, :plan.widths[0]])
             _project(sig, q[:, :plan.widths[0]], device, signal_device)
             if state:
-                state.save_embeddings(_embedding_tensors(model, spec))
+                state.save_embeddings({**_embedding_tensors(model, spec), SPECTRUM + "embedding": spectra["embedding"]})
         else:
             first, q = resume.next_layer, resume.basis.to(device)
             sig.inputs = [x.to(signal_device) for x in resume.inputs]
             saved = state.embeddings()
+            spectra["embedding"] = saved[SPECTRUM + "embedding"]
             for path in spec.embeddings:
                 get_path(model, path).weight = nn.Parameter(saved[path].to(home), requires_grad=False)
                 get_path(model, path).embedding_dim = plan.widths[0]
             for i in range(first):
                 structure_block(layers[i], arch, plan.widths[i], plan.mid[i], plan.widths[i + 1])
-                layers[i].load_state_dict(state.layer(i))
+                weights = state.layer(i)
+                for name in [k for k in weights if k.startswith(SPECTRUM)]:
+                    spectra[f"layer.{i}.{name.removeprefix(SPECTRUM)}"] = weights.pop(name)
+                layers[i].load_state_dict(weights)
         slicer = _SLICERS[spec.topology]
         saved_upto = first  # layers below this index are already in the state folder
         bar = tqdm(range(first, plan.num_layers), desc="slicing layers", unit="layer", disable=not progress,
@@ -277,11 +288,13 @@ def slice_model(model: nn.Module, calibration, plan: SlicePlan, *, batch_size: i
         for i in bar:
             block = layers[i].to(device)
             widths = (plan.widths[i], plan.mid[i], plan.widths[i + 1])
-            q = slicer(block, spec, q, widths, sig, device, signal_device, f"layer {i}")
+            q, layer_spectra = slicer(block, spec, q, widths, sig, device, signal_device, f"layer {i}")
+            spectra.update({f"layer.{i}.{k}": v.cpu() for k, v in layer_spectra.items()})
             layers[i] = block.to(home)
             if state and ((i + 1) % checkpoint_every == 0 or i + 1 == plan.num_layers):
                 for j in range(saved_upto, i + 1):
-                    state.save_layer(j, layers[j].state_dict())
+                    own = {SPECTRUM + k.rpartition(".")[2]: v for k, v in spectra.items() if k.startswith(f"layer.{j}.")}
+                    state.save_layer(j, {**layers[j].state_dict(), **own})
                 state.commit(i + 1, q, sig.inputs)
                 saved_upto = i + 1
         head = get_path(model, spec.head)

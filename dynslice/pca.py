@@ -25,8 +25,9 @@ class Covariance:
         self.count += rows.shape[0]
 
 
-def pca_basis(cov: Covariance, where: str = "signal") -> torch.Tensor:
-    """Eigenvectors of the damped covariance as columns, by decreasing eigenvalue: Q [D, D], float64."""
+def pca_basis(cov: Covariance, where: str = "signal") -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigenvectors of the damped covariance as columns, by decreasing eigenvalue: Q [D, D], float64, and
+    the covariance's eigenvalues in the same order (the damping taken back out) [D]."""
     h = cov.matrix
     if not bool(torch.isfinite(h).all()):
         raise DynsliceError(f"non-finite values in the {where} covariance: the model produced NaN/Inf there")
@@ -38,4 +39,4 @@ def pca_basis(cov: Covariance, where: str = "signal") -> torch.Tensor:
     else:
         values, vectors = torch.linalg.eigh(h)
     order = torch.argsort(values, descending=True)
-    return vectors[:, order]
+    return vectors[:, order], values[order] - damp.to(values.device)

@@ -86,7 +86,14 @@ def test_state_on_an_fsspec_uri():
     with pytest.raises(Crash):
         dynslice.slice_model(crashed, cal, plan, state_dir=uri, progress=False)
     resumed, reference = tiny_model("qwen2"), tiny_model("qwen2")
-    dynslice.slice_model(resumed, cal, plan, state_dir=uri, progress=False)
-    dynslice.slice_model(reference, cal, plan, progress=False)
+    resumed_spectra, reference_spectra = {}, {}
+    dynslice.slice_model(resumed, cal, plan, state_dir=uri, progress=False, spectra=resumed_spectra)
+    dynslice.slice_model(reference, cal, plan, progress=False, spectra=reference_spectra)
     for name, tensor in reference.state_dict().items():
         assert torch.equal(resumed.state_dict()[name], tensor), name
+    # the PCA spectra of the layers done before the crash come back from the state, not lost
+    assert sorted(resumed_spectra) == sorted(reference_spectra) == [
+        "embedding", "layer.0.mid", "layer.0.out", "layer.1.mid", "layer.1.out"]
+    for name, values in reference_spectra.items():
+        assert torch.equal(resumed_spectra[name], values), name
+        assert values.shape == (32,) and bool((values[:-1] >= values[1:]).all())  # sorted, decreasing

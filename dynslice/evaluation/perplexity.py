@@ -62,7 +62,8 @@ def perplexity(model: torch.nn.Module, ids: torch.Tensor, seqlen: int, *, max_wi
         batch = windows[start:start + batch_size].to(device)  # [B, T]
         logits = model(input_ids=batch, use_cache=False).logits  # [B, T, V]
         # log-softmax in float32 at least: half-precision logits lose the small probabilities
-        nll = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch[:, 1:].flatten(), reduction="sum")
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+        nll = F.cross_entropy(logits[:, :-1].flatten(0, 1), batch[:, 1:].flatten(), reduction="sum")
         total += nll.double().cpu()
     tokens = windows.shape[0] * (seqlen - 1)
     mean = float(total) / tokens

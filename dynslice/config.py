@@ -1,0 +1,161 @@
+"""One validated configuration per entry point, shared by the CLI, the flows and the deployment forms.
+
+Every model is pydantic with extra="forbid": a misspelt or out-of-range value is refused before any work,
+with the field's dotted name in the message. YAML files and `--set a.b=value` overrides both land here.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from dynslice.errors import DynsliceError
+
+Dtype = Literal["float32", "bfloat16", "float16", "float64"]
+
+
+class ConfigError(DynsliceError):
+    """A configuration value is missing, misspelt or out of range."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(_Strict):
+    source: str = Field("smollm2-135m", description="hub id, local folder, .gguf file, fsspec URI or demo name")
+    revision: str | None = Field(None, description="hub revision (branch, tag or commit)")
+    dtype: Dtype = Field("float32", description="weights' dtype while slicing and evaluating")
+
+
+class CalibrationConfig(_Strict):
+    source: str = Field("wiki", description="hub dataset name, local file/folder, fsspec URI or demo name")
+    split: str | None = Field(None, description="split to sample (default: the source's train split)")
+    nsamples: int = Field(32, ge=1, description="calibration windows")
+    seqlen: int = Field(256, ge=2, description="tokens per window")
+    seed: int = Field(0, ge=0)
+    batch_size: int = Field(8, ge=1)
+
+
+class PlanConfig(_Strict):
+    planner: Literal["constant", "dynamic", "auto"] = Field(
+        "dynamic", description="constant (SliceGPT), dynamic (the paper), auto (best variation on held-out ppl)")
+    metric: Literal["cosine", "angular"] = "cosine"
+    target: float = Field(0.25, ge=0.0, lt=1.0, description="mean slicing fraction, or parameters removed")
+    variation: float | None = Field(None, ge=0.0, description="the paper's a in [0, target]; default target / 2")
+    variations: list[float] | None = Field(None, description="auto: the variations tried (default 5 in [0, t])")
+    budget: Literal["mean", "params"] = "mean"
+    round_to: int = Field(8, ge=1)
+    max_slice: float = Field(0.9, gt=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _variation_in_range(self):
+        for a in ([self.variation] if self.variation is not None else []) + list(self.variations or []):
+            if not 0.0 <= a <= self.target:
+                raise ValueError(f"variation {a} must be in [0, target={self.target}]")
+        return self
+
+    @property
+    def effective_variation(self) -> float:
+        return self.target / 2 if self.variation is None else self.variation
+
+
+class EvaluationConfig(_Strict):
+    ppl: str | None = Field("wiki", description="perplexity data (test split); null to skip")
+    ppl_split: str | None = None
+    ppl_seqlen: int = Field(256, ge=2)
+    ppl_windows: int | None = Field(64, ge=1, description="first n windows; null for all")
+    tasks: list[str] = Field(default_factory=lambda: ["mmlu_exemplars"], description="lm-eval tasks")
+    limit: int | None = Field(100, ge=1, description="items per task; null for all")
+    speed: bool = True
+    batch_size: int = Field(8, ge=1)
+
+
+class SelectionConfig(_Strict):
+    """Held-out data for picking among plans (never the evaluation's test split)."""
+    source: str = "wiki"
+    split: str = "validation"
+    seqlen: int = Field(256, ge=2)
+    windows: int = Field(16, ge=1)
+
+
+class CompressConfig(_Strict):
+    model: ModelConfig = ModelConfig()
+    calibration: CalibrationConfig = CalibrationConfig()
+    plan: PlanConfig = PlanConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+    selection: SelectionConfig = SelectionConfig()
+    store: str = Field("./dynslice-store", description="artifact store: a folder or an fsspec URI (s3://...)")
+    device: str = Field("auto", description="auto (cuda if available), cpu, cuda, cuda:1, ...")
+    checkpoint_every: int = Field(1, ge=1, description="layers between slicing checkpoints")
+    run_name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if value != "auto" and value.split(":")[0] not in ("cpu", "cuda", "mps", "xpu"):
+            raise ValueError(f"unknown device {value!r}: use auto, cpu, cuda, cuda:N or mps")
+        return value
+
+
+class SweepGrid(_Strict):
+    targets: list[float] = Field(default_factory=lambda: [0.2, 0.3])
+    variations: list[float] = Field(default_factory=lambda: [0.0, 0.1])
+    planners: list[Literal["constant", "dynamic"]] = Field(default_factory=lambda: ["constant", "dynamic"])
+    budgets: list[Literal["mean", "params"]] = Field(default_factory=lambda: ["mean"])
+
+    @model_validator(mode="after")
+    def _non_empty(self):
+        for name in ("targets", "variations", "planners", "budgets"):
+            if not getattr(self, name):
+                raise ValueError(f"{name} must not be empty")
+        for t in self.targets:
+            if not 0.0 <= t < 1.0:
+                raise ValueError(f"target {t} must be in [0, 1)")
+        return self
+
+
+class SweepConfig(CompressConfig):
+    grid: SweepGrid = SweepGrid()
+
+
+def _dotted(errors) -> str:
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in errors)
+
+
+def load_config(data: dict | None, cls: type[CompressConfig] = CompressConfig,
+                overrides: list[str] | None = None) -> CompressConfig:
+    """Validate a dict (from YAML) plus `a.b=value` overrides (values parsed as YAML scalars)."""
+    import yaml
+
+    merged = dict(data or {})
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.field=value")
+        dotted, raw = item.split("=", 1)
+        node = merged
+        *parents, leaf = dotted.strip().split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {dotted}: {part} is not a section")
+        node[leaf] = yaml.safe_load(raw)
+    try:
+        return cls.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid configuration: {_dotted(exc.errors())}") from None
+
+
+def read_config(path: str | None, cls: type[CompressConfig] = CompressConfig,
+                overrides: list[str] | None = None) -> CompressConfig:
+    import fsspec
+    import yaml
+
+    data = {}
+    if path:
+        with fsspec.open(path, "r", encoding="utf-8") as f:
+            data = yaml.safe_load(f) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path} must hold a YAML mapping")
+    return load_config(data, cls, overrides)
