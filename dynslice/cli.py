@@ -11,7 +11,7 @@ import sys
 
 from dynslice.errors import DynsliceError
 
-COMMANDS = ("slice", "score", "plan")
+COMMANDS = ("slice", "score", "plan", "assets", "evaluate", "run", "ls")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "httpcore", "urllib3", "botocore", "s3fs", "aiobotocore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return int(args.func(args) or 0)
     except DynsliceError as exc:

@@ -155,14 +155,20 @@ def load_gguf(path: str | os.PathLike, dtype: torch.dtype | None = None) -> tran
     return model.eval()
 
 
-def _remote_listing(uri: str) -> tuple[Any, str, dict[str, int]]:
+def _version(info: dict) -> list:
+    """What tells a changed remote file: size plus the store's ETag (S3, GCS) or modification time."""
+    stamp = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified")
+    return [int(info.get("size") or 0), str(stamp) if stamp is not None else None]
+
+
+def _remote_listing(uri: str) -> tuple[Any, str, dict[str, list]]:
     fs, root = fsspec.core.url_to_fs(uri)
     root = root.rstrip("/")
     try:
         found = fs.find(root, detail=True)
     except (OSError, ValueError) as exc:
         raise SourceError(f"cannot list {uri}: {exc}") from exc
-    files = {name[len(root):].lstrip("/"): int(info.get("size") or 0) for name, info in found.items()
+    files = {name[len(root):].lstrip("/"): _version(info) for name, info in found.items()
              if info.get("type", "file") == "file"}
     if not files:
         raise SourceError(f"{uri} is empty or does not exist: upload the model folder there first "
@@ -173,7 +179,7 @@ def _remote_listing(uri: str) -> tuple[Any, str, dict[str, int]]:
 def fetch_uri(uri: str, cache_dir: str | os.PathLike | None = None) -> Path:
     """Copy a model folder (or a single .gguf) from an fsspec URI into the cache once; returns the local path.
 
-    The local copy is named by the URI and reused while the remote listing (names and sizes) is unchanged.
+    The local copy is named by the URI and reused while the remote listing (names, sizes, ETags) is unchanged.
     """
     fs, root, files = _remote_listing(uri)
     single = list(files) == [""]  # the URI names one file

@@ -77,3 +77,42 @@ def plot_plan(plan: SlicePlan, hidden_size: int | None = None) -> bytes:
     ax.set_title(", ".join(title), fontsize=9)
     ax.legend(fontsize=7, ncol=3, **_BELOW)
     return _png(fig)
+
+
+def plot_spectra(spectra: dict, widths: dict[str, int]) -> bytes:
+    """Share of each PCA's variance that the kept components hold, per basis (embedding, mid, out)."""
+    names = sorted((k for k in spectra if k in widths),
+                   key=lambda k: (-1, "") if k == "embedding" else (int(k.split(".")[1]), k.split(".")[2]))
+    kept = []
+    for name in names:
+        values = [max(float(v), 0.0) for v in spectra[name]]
+        total = sum(values) or 1.0
+        kept.append(sum(values[: widths[name]]) / total)
+    fig = _figure(len(names) // 2 + 1)
+    ax = fig.add_subplot()
+    colors = ["tab:purple" if n == "embedding" else "tab:green" if n.endswith(".mid") else "tab:blue" for n in names]
+    ax.bar(range(len(names)), kept, color=colors)
+    ax.set_ylim(min(kept + [1.0]) * 0.98 if kept else 0, 1.0)
+    ax.set_xticks(range(len(names)), [n.replace("layer.", "") for n in names], rotation=90, fontsize=6)
+    ax.set_ylabel("variance kept")
+    ax.set_title("share of each signal's variance kept by slicing (green: attention-to-MLP, blue: layer output)",
+                 fontsize=9)
+    return _png(fig)
+
+
+def plot_sweep(points: list[dict]) -> bytes:
+    """Held-out perplexity against parameters removed, one marker per sliced model (label: planner)."""
+    fig = _figure(12)
+    ax = fig.add_subplot()
+    for planner, marker in (("constant", "o"), ("dynamic", "s")):
+        pts = [p for p in points if p["planner"] == planner]
+        ax.scatter([p["param_reduction"] for p in pts], [p["perplexity"] for p in pts], marker=marker,
+                   label=planner)
+    best = min(points, key=lambda p: p["perplexity"]) if points else None
+    if best:
+        ax.annotate("best", (best["param_reduction"], best["perplexity"]), fontsize=8)
+    ax.set_xlabel("fraction of parameters removed")
+    ax.set_ylabel("held-out perplexity")
+    ax.set_title("sweep: perplexity against size", fontsize=9)
+    ax.legend(fontsize=7)
+    return _png(fig)

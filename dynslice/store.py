@@ -59,6 +59,11 @@ def _check_name(kind: str, name: str) -> str:
 
 
 @dataclass(frozen=True)
+class Blob:
+    sha256: str
+
+
+@dataclass(frozen=True)
 class ArtifactRef:
     """Small JSON reference to a published artifact (what tasks return)."""
 
@@ -67,14 +72,16 @@ class ArtifactRef:
     store: str
     files: dict[str, str] = field(default_factory=dict)  # name -> sha256
     result: dict[str, Any] = field(default_factory=dict)
+    cached: bool = field(default=False, compare=False)  # found in the store rather than computed now
 
     def to_dict(self) -> dict:
         return {"stage": self.stage, "key": self.key, "store": self.store, "files": dict(self.files),
-                "result": self.result}
+                "result": self.result, "cached": self.cached}
 
     @classmethod
     def from_dict(cls, data: dict) -> "ArtifactRef":
-        return cls(data["stage"], data["key"], data["store"], dict(data.get("files", {})), dict(data.get("result", {})))
+        return cls(data["stage"], data["key"], data["store"], dict(data.get("files", {})),
+                   dict(data.get("result", {})), bool(data.get("cached", False)))
 
     @property
     def manifest_uri(self) -> str:
@@ -165,7 +172,7 @@ class ArtifactStore:
             if not self._blob_ok(digest):
                 log.warning("%s/%s: file %s is missing or fails its sha256: recomputing", stage, key[:12], name)
                 return None
-        return ArtifactRef(stage, key, self.uri, files, manifest.get("result", {}))
+        return ArtifactRef(stage, key, self.uri, files, manifest.get("result", {}), cached=True)
 
     def publish(self, stage: str, key: str, *, inputs: dict, result: dict,
                 files: dict[str, bytes | str | os.PathLike] | None = None) -> ArtifactRef:
@@ -207,15 +214,20 @@ class ArtifactStore:
             self.fs.rm(path, recursive=True)
 
     # -- exports --------------------------------------------------------------------------------
-    def export(self, run: str, files: dict[str, bytes | str | os.PathLike]) -> str:
-        """Human-readable copies under runs/<run>/ (MANIFEST.json with hashes written last); returns the URL."""
+    def export(self, run: str, files: dict[str, bytes | str | os.PathLike | Blob]) -> str:
+        """Human-readable copies under runs/<run>/ (MANIFEST.json with hashes written last); returns the URL.
+
+        Values: bytes, a local file, or a Blob of this store (copied inside the store, not downloaded)."""
         _check_name("run name", run)
         entries = {}
         for name, content in files.items():
             for part in name.split("/"):
                 _check_name("file name", part)
             target = self.path("runs", run, name)
-            if isinstance(content, bytes):
+            if isinstance(content, Blob):
+                self.fs.copy(self.path("blobs", content.sha256), target)
+                entries[name] = content.sha256
+            elif isinstance(content, bytes):
                 self.fs.pipe_file(target, content)
                 entries[name] = hashlib.sha256(content).hexdigest()
             else:

@@ -4,13 +4,15 @@ tests use), started on a free port and stopped afterwards; s3fs finds it through
 from __future__ import annotations
 
 import contextlib
+import uuid
 
 import pytest
 
 
 @contextlib.contextmanager
-def s3_server(monkeypatch: pytest.MonkeyPatch, bucket: str = "team-bucket"):
-    """Yields an s3fs filesystem on a fresh local server with `bucket` created."""
+def s3_server(monkeypatch: pytest.MonkeyPatch):
+    """Yields (s3fs filesystem, bucket name) on a fresh local server with a new empty bucket (moto keeps its
+    buckets per process, so every use gets its own name)."""
     pytest.importorskip("moto.server", reason="the s3:// test needs moto[server]")
     s3fs = pytest.importorskip("s3fs", reason="the s3:// test needs s3fs")
     from moto.server import ThreadedMotoServer
@@ -25,8 +27,9 @@ def s3_server(monkeypatch: pytest.MonkeyPatch, bucket: str = "team-bucket"):
         monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
         s3fs.S3FileSystem.clear_instance_cache()  # instances cache their endpoint
         fs = s3fs.S3FileSystem()
+        bucket = f"team-{uuid.uuid4().hex[:12]}"
         fs.mkdir(bucket)
-        yield fs
+        yield fs, bucket
     finally:
         s3fs.S3FileSystem.clear_instance_cache()
         server.stop()

@@ -111,13 +111,13 @@ def test_demo_data_missing_says_fetch(tmp_path):
 
 
 def test_s3_jsonl_reads_like_the_local_file(jsonl, monkeypatch):
-    with s3_server(monkeypatch) as fs:
-        fs.put(str(jsonl), "team-bucket/data/docs.jsonl")
-        fs.put(str(jsonl), "team-bucket/data/folder/train.jsonl")
-        remote = load_corpus(resolve_data("s3://team-bucket/data/docs.jsonl"))
+    with s3_server(monkeypatch) as (fs, bucket):
+        fs.put(str(jsonl), f"{bucket}/data/docs.jsonl")
+        fs.put(str(jsonl), f"{bucket}/data/folder/train.jsonl")
+        remote = load_corpus(resolve_data(f"s3://{bucket}/data/docs.jsonl"))
         assert remote.documents == tuple(DOCS)
         assert remote.source_key == load_corpus(resolve_data(jsonl)).source_key  # content, not location
-        assert resolve_data("s3://team-bucket/data/folder").location.endswith("folder/train.jsonl")
+        assert resolve_data(f"s3://{bucket}/data/folder").location.endswith("folder/train.jsonl")
 
 
 # -- sampling ------------------------------------------------------------------------------------------------

@@ -121,9 +121,9 @@ def test_gguf_written_by_the_test_loads_to_the_same_logits(tmp_path):
 
 
 def test_s3_uri_is_copied_to_the_cache_once(dense_dir, tmp_path, monkeypatch):
-    with s3_server(monkeypatch) as fs:
-        fs.put(str(dense_dir), "team-bucket/models/tiny", recursive=True)
-        uri = "s3://team-bucket/models/tiny"
+    with s3_server(monkeypatch) as (fs, bucket):
+        fs.put(str(dense_dir), f"{bucket}/models/tiny", recursive=True)
+        uri = f"s3://{bucket}/models/tiny"
         assert classify_source(uri) == "uri"
         loaded = resolve_model(uri, cache_dir=tmp_path / "cache")
         assert loaded.identity.kind == "uri"
@@ -133,6 +133,9 @@ def test_s3_uri_is_copied_to_the_cache_once(dense_dir, tmp_path, monkeypatch):
         stamp = (copies[0] / ".dynslice-listing.json").stat().st_mtime_ns
         resolve_model(uri, cache_dir=tmp_path / "cache")
         assert (copies[0] / ".dynslice-listing.json").stat().st_mtime_ns == stamp  # reused, not copied again
+        fs.pipe(f"{bucket}/models/tiny/README.md", b"changed upstream")
+        resolve_model(uri, cache_dir=tmp_path / "cache")
+        assert (copies[0] / "README.md").read_bytes() == b"changed upstream"  # a changed listing is copied anew
 
 
 def test_classify_sources(dense_dir, tmp_path):
@@ -190,3 +193,21 @@ def test_cached_smollm2_gguf_matches_the_converted_folder():
     ids = from_folder.tokenizer("The capital of France is", return_tensors="pt").input_ids
     with torch.no_grad():
         torch.testing.assert_close(from_gguf.model(ids).logits, from_folder.model(ids).logits)
+
+
+def test_hub_id_resolves_its_revision_from_the_local_hub_cache(dense_dir, tmp_path, monkeypatch):
+    """Offline (conftest sets HF_HUB_OFFLINE=1): a hub id loads from the hub cache, keyed by the commit."""
+    from huggingface_hub import constants
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--acme--tiny-llama"
+    shutil.copytree(dense_dir, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    loaded = resolve_model("acme/tiny-llama")
+    assert loaded.identity == ModelIdentity("hub", "acme/tiny-llama", revision=commit)
+    assert loaded.identity.key == f"hub:acme/tiny-llama@{commit}"
+    torch.testing.assert_close(_logits(loaded.model), _logits(tiny_model("llama", dtype=torch.float32)))
+    with pytest.raises(SourceError, match="local hub cache, or pass a local folder"):
+        resolve_model("acme/not-cached")

@@ -1,0 +1,43 @@
+"""`dynslice run compress|sweep`: run a flow (Prefect's temporary local server if none is configured)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("run", help="run the compress or sweep flow",
+                       description="Run a Prefect flow. Without PREFECT_API_URL, Prefect starts a temporary local "
+                                   "server for the run; set it to use your team's server.")
+    p.add_argument("flow", choices=["compress", "sweep"])
+    p.add_argument("--config", help="YAML configuration (a local path or fsspec URI); defaults otherwise")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="override one value, e.g. --set plan.target=0.3 (repeatable)")
+    p.add_argument("--store", help="shortcut for --set store=URI")
+    p.add_argument("--workers", type=int, default=1, help="sweep: slicing runs at a time")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from dynslice.config import CompressConfig, SweepConfig, read_config
+
+    overrides = list(args.overrides) + ([f"store={args.store}"] if args.store else [])
+    config = read_config(args.config, SweepConfig if args.flow == "sweep" else CompressConfig, overrides)
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no calls home from offline machines
+    if args.flow == "compress":
+        from flows.compress import compress
+
+        result = compress(config)
+        print(f"\nartifacts: {result['run']}\nmodel:     {result['model']}\nreport:    {result['report']}")
+    else:
+        from prefect.task_runners import ThreadPoolTaskRunner
+
+        from flows.sweep import sweep
+
+        result = sweep.with_options(task_runner=ThreadPoolTaskRunner(max_workers=args.workers))(config)
+        best = result["best"]
+        print(f"\nbest: {best['planner']} target {best['target']} variation {best['variation']} "
+              f"budget {best['budget']}: held-out ppl {best['perplexity']:.3f}, "
+              f"{best['param_reduction']:.1%} parameters removed")
+    return 0

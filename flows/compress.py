@@ -1,0 +1,51 @@
+"""compress: one configuration, end to end."""
+
+from __future__ import annotations
+
+from prefect import flow, unmapped
+
+from dynslice.config import CompressConfig, EvaluationConfig
+from dynslice.report import run_name
+from tasks.publish import publish
+from tasks.stages import capture, evaluate, plan, score, slice_
+
+
+def selection_eval(config: CompressConfig) -> EvaluationConfig:
+    """Held-out perplexity used to choose between plans (never the evaluation's test split)."""
+    s = config.selection
+    return EvaluationConfig(ppl=s.source, ppl_split=s.split, ppl_seqlen=s.seqlen, ppl_windows=s.windows, tasks=[],
+                            limit=None, speed=False, batch_size=config.evaluation.batch_size)
+
+
+def slice_and_select(config: CompressConfig, capture_ref: dict, plan_refs: list[dict]) -> tuple[dict, dict, list]:
+    """Slice every plan (fanned out), score each on held-out perplexity, return the best (plan, slice)."""
+    c = config
+    slices = slice_.map(c.store, unmapped(c.model), unmapped(capture_ref), plan_refs,
+                        unmapped(c.calibration.batch_size), unmapped(c.device), unmapped(c.checkpoint_every))
+    checks = evaluate.map(c.store, unmapped(c.model), unmapped(selection_eval(c)), unmapped(c.device), slices)
+    scored = [(p, s.result(), e.result()) for p, s, e in zip(plan_refs, slices, checks)]
+    best = min(scored, key=lambda item: item[2]["result"]["perplexity"])
+    return best[0], best[1], scored
+
+
+@flow(name="compress", log_prints=True)
+def compress(config: CompressConfig = CompressConfig()) -> dict:
+    c = config
+    capture_ref = capture(c.store, c.model, c.calibration, c.device)
+    score_ref = score(c.store, capture_ref, c.plan.metric)
+    if c.plan.planner == "auto":
+        variations = c.plan.variations or [c.plan.target * k / 4 for k in range(5)]
+        plan_refs = [plan(c.store, score_ref, c.plan, a) for a in variations]
+        plan_ref, slice_ref, _ = slice_and_select(c, capture_ref, plan_refs)
+    else:
+        plan_ref = plan(c.store, score_ref, c.plan)
+        slice_ref = slice_(c.store, c.model, capture_ref, plan_ref, c.calibration.batch_size, c.device,
+                           c.checkpoint_every)
+    dense_eval = evaluate(c.store, c.model, c.evaluation, c.device)
+    sliced_eval = evaluate(c.store, c.model, c.evaluation, c.device, slice_ref)
+    refs = {"capture": capture_ref, "score": score_ref, "plan": plan_ref, "slice": slice_ref,
+            "dense_eval": dense_eval, "sliced_eval": sliced_eval}
+    run = c.run_name or run_name(c.model.source, plan_ref["result"]["planner"], c.plan.target, slice_ref["key"])
+    published = publish(c.store, run, c.model_dump(), refs)
+    print(f"run {run}: report {published['report']}\n\n{published['table']}")
+    return {"run": run, **published, "refs": refs}

@@ -1,0 +1,50 @@
+"""sweep: a grid over targets, variations, planners and budgets, sharing one capture and one score."""
+
+from __future__ import annotations
+
+import itertools
+
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact
+
+from dynslice import report
+from dynslice.config import SweepConfig
+from dynslice.plots import plot_sweep
+from flows.compress import slice_and_select
+from tasks.stages import capture, evaluate, plan, score
+
+
+def grid_points(config: SweepConfig) -> list[dict]:
+    """Distinct (planner, target, variation, budget) points; constant slicing has no variation."""
+    g, points = config.grid, []
+    for planner, target, variation, budget in itertools.product(g.planners, g.targets, g.variations, g.budgets):
+        point = {"planner": planner, "target": target, "budget": budget,
+                 "variation": None if planner == "constant" else min(variation, target)}
+        if point not in points:
+            points.append(point)
+    return points
+
+
+@flow(name="sweep", log_prints=True)
+def sweep(config: SweepConfig = SweepConfig()) -> dict:
+    c = config
+    capture_ref = capture(c.store, c.model, c.calibration, c.device)
+    score_ref = score(c.store, capture_ref, c.plan.metric)
+    points = grid_points(c)
+    plan_refs = [plan(c.store, score_ref, c.plan.model_copy(update={k: v for k, v in p.items() if k != "variation"}),
+                      p["variation"]) for p in points]
+    best_plan, best_slice, scored = slice_and_select(c, capture_ref, plan_refs)
+    table = [dict(p, param_reduction=s["result"]["param_reduction"], perplexity=e["result"]["perplexity"],
+                  slice=s["key"]) for p, (_, s, e) in zip(points, scored)]
+    best = next(t for t in table if t["slice"] == best_slice["key"])
+    dense_eval = evaluate(c.store, c.model, c.evaluation, c.device)
+    best_eval = evaluate(c.store, c.model, c.evaluation, c.device, best_slice)
+    final = report.markdown_table(report.comparison_rows(dense_eval["result"], best_eval["result"]),
+                                  ("best plan (test split)", "dense", "sliced"))
+    run = c.run_name or f"sweep-{best_slice['key'][:10]}"
+    png = plot_sweep(table)
+    text = report.sweep_report(run, table, best, final)
+    create_markdown_artifact(text + f"\n\n![perplexity against size]({report.data_uri(png)})\n",
+                             key="dynslice-sweep")
+    print(text)
+    return {"run": run, "points": table, "best": best, "best_plan": best_plan, "best_slice": best_slice}
