@@ -75,7 +75,7 @@ class EvaluationConfig(_Strict):
 class SelectionConfig(_Strict):
     """Held-out data for picking among plans (never the evaluation's test split)."""
     source: str = "wiki"
-    split: str = "validation"
+    split: str | None = Field("validation", description="held-out split (null: a single file)")
     seqlen: int = Field(256, ge=2)
     windows: int = Field(16, ge=1)
 

@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -112,7 +112,6 @@ class CalibrationSample:
     origins: tuple[tuple[int, int], ...]  # (document index, first token) of each window; doc -1 = glued stream
     identity: DataIdentity
     num_documents: int = 0
-    extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def as_dict(self) -> dict[str, torch.Tensor]:
         """What `dynslice.calibration.as_calibration` (and slice_model) accepts."""

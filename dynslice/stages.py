@@ -226,7 +226,7 @@ def evaluate(store: ArtifactStore, model: ModelConfig, evaluation: EvaluationCon
     device = resolve_device(device)
     subject = f"slice:{slice_ref.key}" if slice_ref is not None else identify_model(model).key
     params = evaluation.model_dump()
-    inputs = {"model": subject, "dtype": model.dtype, "evaluation": params,
+    inputs = {"model": subject, "dtype": model.dtype, "evaluation": params, "data": _evaluation_data(evaluation),
               "device": torch.device(device).type if evaluation.speed else None}
     key = stage_key("evaluate", VERSIONS["evaluate"], inputs)
     if ref := _hit(store, "evaluate", key):
@@ -244,6 +244,38 @@ def evaluate(store: ArtifactStore, model: ModelConfig, evaluation: EvaluationCon
               **summarize(entry)}
     files = {"evaluation.json": json.dumps(report, indent=2, sort_keys=True, default=str).encode()}
     return store.publish("evaluate", key, inputs=inputs, result=_timed(result, start), files=files)
+
+
+def _evaluation_data(evaluation: EvaluationConfig) -> dict[str, Any]:
+    """Identity of the evaluation data: the perplexity text's content key and the task files' hashes."""
+    from dynslice.cache import sha256_tree
+    from dynslice.data import default_eval_split, load_corpus, resolve_data
+
+    out: dict[str, Any] = {}
+    if evaluation.ppl:
+        src = resolve_data(evaluation.ppl, evaluation.ppl_split or default_eval_split(evaluation.ppl))
+        out["ppl"] = load_corpus(src).source_key
+    tasks = {}
+    for spec in evaluation.tasks:
+        path = Path(spec).expanduser()
+        if path.is_file():
+            tasks[spec] = sha256_file(path)
+        elif path.is_dir():
+            tasks[spec] = sha256_tree({p.relative_to(path).as_posix(): sha256_file(p)
+                                       for p in sorted(path.rglob("*")) if p.is_file()})
+        else:  # a task name: lm-eval's own definition, tied to its version
+            tasks[spec] = _lm_eval_version()
+    out["tasks"] = tasks
+    return out
+
+
+def _lm_eval_version() -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("lm_eval")
+    except PackageNotFoundError:
+        return None
 
 
 def summarize(entry: dict[str, Any]) -> dict[str, Any]:

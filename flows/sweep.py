@@ -28,17 +28,17 @@ def grid_points(config: SweepConfig) -> list[dict]:
 @flow(name="sweep", log_prints=True)
 def sweep(config: SweepConfig = SweepConfig()) -> dict:
     c = config
-    capture_ref = capture(c.store, c.model, c.calibration, c.device)
-    score_ref = score(c.store, capture_ref, c.plan.metric)
+    capture_ref = capture.submit(c.store, c.model, c.calibration, c.device)
+    score_ref = score.submit(c.store, capture_ref, c.plan.metric)
     points = grid_points(c)
-    plan_refs = [plan(c.store, score_ref, c.plan.model_copy(update={k: v for k, v in p.items() if k != "variation"}),
-                      p["variation"]) for p in points]
+    plans = [c.plan.model_copy(update={k: v for k, v in p.items() if k != "variation"}) for p in points]
+    plan_refs = [plan.submit(c.store, score_ref, config, p["variation"]) for config, p in zip(plans, points)]
     best_plan, best_slice, scored = slice_and_select(c, capture_ref, plan_refs)
     table = [dict(p, param_reduction=s["result"]["param_reduction"], perplexity=e["result"]["perplexity"],
                   slice=s["key"]) for p, (_, s, e) in zip(points, scored)]
     best = next(t for t in table if t["slice"] == best_slice["key"])
-    dense_eval = evaluate(c.store, c.model, c.evaluation, c.device)
-    best_eval = evaluate(c.store, c.model, c.evaluation, c.device, best_slice)
+    dense_eval = evaluate.submit(c.store, c.model, c.evaluation, c.device).result()
+    best_eval = evaluate.submit(c.store, c.model, c.evaluation, c.device, best_slice).result()
     final = report.markdown_table(report.comparison_rows(dense_eval["result"], best_eval["result"]),
                                   ("best plan (test split)", "dense", "sliced"))
     run = c.run_name or f"sweep-{best_slice['key'][:10]}"

@@ -70,3 +70,20 @@ def test_too_little_text_says_what_to_do():
         windows_of(_stream(10), 16)
     with pytest.raises(EvaluationError, match="max_windows"):
         windows_of(_stream(40), 16, max_windows=0)
+
+
+@pytest.mark.slow
+def test_smollm2_on_the_wikipedia_test_split():
+    """The demo assets end to end: a sane perplexity for a real 135M model (needs `dynslice assets fetch`)."""
+    from dynslice.data import load_corpus, resolve_data
+    from dynslice.errors import DataError, SourceError
+    from dynslice.models import resolve_model
+
+    try:
+        loaded = resolve_model("smollm2-135m")
+        corpus = load_corpus(resolve_data("wiki", "test"))
+    except (SourceError, DataError) as exc:
+        pytest.skip(str(exc))
+    result = perplexity(loaded.model, token_stream(loaded.tokenizer, corpus.eval_text), 256, max_windows=4,
+                        batch_size=4, progress=False)
+    assert 5.0 < result.perplexity < 60.0  # about 19 over all 178 windows (measured on this machine)

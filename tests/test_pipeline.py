@@ -1,0 +1,238 @@
+"""The Prefect pipeline on tiny models: real Prefect (a temporary server), a real local store, real
+subprocesses killed with SIGKILL, and a real S3-compatible server (moto) for the bucket test."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+import yaml
+
+from conftest import tiny_model, tiny_tokenizer
+from dynslice.config import load_config
+from dynslice.store import ArtifactStore
+
+REPO = Path(__file__).resolve().parents[1]
+TEXT = ("It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in "
+        "want of a wife. However little known the feelings or views of such a man may be on his first entering "
+        "a neighbourhood, this truth is so well fixed in the minds of the surrounding families. ") * 30
+
+
+@pytest.fixture(scope="module", autouse=True)
+def prefect_server():
+    """One real Prefect API (temporary server with its own SQLite database) for the in-process runs."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture
+def workspace(tmp_path, monkeypatch):
+    monkeypatch.setenv("DYNSLICE_CACHE", str(tmp_path / "cache"))
+    model = tiny_model("llama", dtype=torch.float32)
+    model.save_pretrained(tmp_path / "model")
+    tiny_tokenizer().save_pretrained(tmp_path / "model")
+    (tmp_path / "calib.txt").write_text(TEXT)
+    return tmp_path
+
+
+def config(ws: Path, store: str | None = None, **sections) -> dict:
+    cfg = {"model": {"source": str(ws / "model")},
+           "calibration": {"source": str(ws / "calib.txt"), "nsamples": 8, "seqlen": 32, "batch_size": 4},
+           "plan": {"planner": "dynamic", "target": 0.25, "variation": 0.1, "round_to": 4},
+           "evaluation": {"ppl": str(ws / "eval.txt"), "ppl_seqlen": 32, "ppl_windows": 4, "tasks": [],
+                          "speed": False},
+           "store": store or str(ws / "store")}
+    for name, values in sections.items():
+        cfg[name] = {**cfg.get(name, {}), **values}
+    return cfg
+
+
+def run_compress(cfg: dict) -> dict:
+    from flows.compress import compress
+
+    return compress(load_config(cfg))
+
+
+def executions(store: ArtifactStore) -> dict[tuple[str, str], str]:
+    """(stage, key) -> id of the execution that produced it: a new id means the stage ran."""
+    return {(m["stage"], m["key"]): m["execution"] for m in store.manifests()}
+
+
+def ran(before: dict, after: dict) -> list[str]:
+    return sorted(stage for (stage, key), execution in after.items() if before.get((stage, key)) != execution)
+
+
+def test_failed_evaluate_reruns_only_evaluate(workspace):
+    ws = workspace
+    cfg = config(ws)
+    with pytest.raises(Exception, match="eval.txt"):
+        run_compress(cfg)  # the evaluation text is missing: evaluate fails after slicing
+    store = ArtifactStore(ws / "store")
+    before = executions(store)
+    assert sorted(stage for stage, _ in before) == ["capture", "plan", "score", "slice"]
+
+    (ws / "eval.txt").write_text(TEXT[::-1])
+    result = run_compress(cfg)
+    after = executions(store)
+    assert ran(before, after) == ["evaluate", "evaluate"]  # dense and sliced; nothing before them
+
+    clean = run_compress(config(ws, store=str(ws / "clean")))
+    assert result["refs"]["slice"]["files"] == clean["refs"]["slice"]["files"]  # byte-identical model
+    for name in ("slice", "sliced_eval", "dense_eval"):  # evaluation.json also holds timings: compare results
+        got = {k: v for k, v in result["refs"][name]["result"].items() if k != "wall_s"}
+        want = {k: v for k, v in clean["refs"][name]["result"].items() if k != "wall_s"}
+        assert got == want, name
+    report = Path(result["report"].removeprefix("file://")).read_text()
+    assert "| perplexity |" in report and "removed)" in report
+
+
+def test_scoring_parameter_recomputes_from_scoring_on(workspace):
+    ws = workspace
+    (ws / "eval.txt").write_text(TEXT[::-1])
+    first = run_compress(config(ws))
+    store = ArtifactStore(ws / "store")
+    before = executions(store)
+    second = run_compress(config(ws, plan={"metric": "angular"}))
+    after = executions(store)
+    stages = ran(before, after)
+    assert "capture" not in stages
+    assert {"score", "plan"} <= set(stages)
+    widths_changed = first["refs"]["plan"]["result"]["widths"] != second["refs"]["plan"]["result"]["widths"]
+    assert ("slice" in stages) == widths_changed  # the slice is keyed by the widths, not by how they were chosen
+    assert second["refs"]["capture"]["cached"]
+
+
+def test_corrupted_artifact_is_recomputed_not_used(workspace):
+    ws = workspace
+    (ws / "eval.txt").write_text(TEXT[::-1])
+    first = run_compress(config(ws))
+    store = ArtifactStore(ws / "store")
+    digest = first["refs"]["slice"]["files"]["model/model.safetensors"]
+    blob = Path(store.path("blobs", digest))
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 0x01  # one flipped bit in the middle of the weights
+    blob.write_bytes(bytes(data))
+    before = executions(store)
+    second = run_compress(config(ws))
+    assert ran(before, executions(store)) == ["slice"]
+    assert second["refs"]["slice"]["files"]["model/model.safetensors"] == digest
+    assert store._blob_ok(digest)  # the blob holds the right bytes again
+
+
+def _cli(args: list[str], env: dict, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "dynslice", *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+def _fresh_env(tmp: Path, name: str, **extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PREFECT_HOME=str(tmp / f"prefect-{name}"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
+               DYNSLICE_CACHE=str(tmp / "cache"), **extra)
+    return env
+
+
+def test_sigkill_mid_slicing_resumes_to_identical_bytes(tmp_path):
+    torch.manual_seed(0)
+    config_ = transformers.LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=12,
+                                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    transformers.AutoModelForCausalLM.from_config(config_).save_pretrained(tmp_path / "model")
+    tiny_tokenizer().save_pretrained(tmp_path / "model")
+    (tmp_path / "calib.txt").write_text(TEXT)
+    (tmp_path / "eval.txt").write_text(TEXT[::-1])
+    cfg = config(tmp_path, calibration={"nsamples": 64, "seqlen": 96, "batch_size": 8})
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+
+    proc = _cli(["run", "compress", "--config", str(tmp_path / "cfg.yaml")], _fresh_env(tmp_path, "a"))
+    checkpoints = tmp_path / "store" / "checkpoints" / "slice"
+    killed_at, deadline = None, time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        for state in checkpoints.glob("*/state.json"):
+            try:
+                done = json.loads(state.read_text())["next_layer"]
+            except (ValueError, OSError):
+                continue
+            if 2 <= done < 10:
+                proc.send_signal(signal.SIGKILL)
+                killed_at = done
+        if killed_at:
+            break
+        time.sleep(0.005)
+    proc.wait(timeout=60)
+    assert killed_at is not None, "the run finished before it could be killed mid-loop:\n" + proc.stdout.read()
+    assert not ArtifactStore(tmp_path / "store").manifests("slice")  # nothing half-published
+
+    again = _cli(["run", "compress", "--config", str(tmp_path / "cfg.yaml")], _fresh_env(tmp_path, "b"))
+    output, _ = again.communicate(timeout=600)
+    assert again.returncode == 0, output
+    (resumed,) = ArtifactStore(tmp_path / "store").manifests("slice")
+    assert resumed["result"]["resumed_from_layer"] >= killed_at
+    assert resumed["result"]["layers_computed"] <= 12 - killed_at
+    assert not list(checkpoints.glob("*/state.json"))  # checkpoint dropped once published
+
+    clean = run_compress(dict(cfg, store=str(tmp_path / "clean")))
+    assert clean["refs"]["slice"]["result"]["resumed_from_layer"] == 0
+    assert clean["refs"]["slice"]["files"]["model/model.safetensors"] == \
+        resumed["files"]["model/model.safetensors"]["sha256"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def s3_server():
+    from moto.server import ThreadedMotoServer
+
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    env = {"AWS_ACCESS_KEY_ID": "team-key", "AWS_SECRET_ACCESS_KEY": "team-secret",
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
+    yield env
+    server.stop()
+
+
+def test_s3_store_shared_by_two_fresh_processes(workspace, s3_server):
+    import s3fs
+
+    ws = workspace
+    (ws / "eval.txt").write_text(TEXT[::-1])
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_server["AWS_ENDPOINT_URL"]},
+                           key=s3_server["AWS_ACCESS_KEY_ID"], secret=s3_server["AWS_SECRET_ACCESS_KEY"])
+    fs.mkdir("team-bucket")
+    (ws / "cfg.yaml").write_text(yaml.safe_dump(config(ws, store="s3://team-bucket/dynslice")))
+
+    outputs = []
+    for name in ("first", "second"):  # separate PREFECT_HOMEs: no shared Prefect database
+        proc = _cli(["run", "compress", "--config", str(ws / "cfg.yaml")], _fresh_env(ws, name, **s3_server))
+        output, _ = proc.communicate(timeout=600)
+        assert proc.returncode == 0, output
+        outputs.append(output)
+
+    fs.invalidate_cache()
+    keys = fs.find("team-bucket/dynslice")
+    for stage in ("capture", "score", "plan", "slice", "evaluate"):
+        assert any(k.startswith(f"team-bucket/dynslice/manifests/{stage}/") for k in keys), stage
+    assert any(k.startswith("team-bucket/dynslice/blobs/") for k in keys)
+    assert any(k.endswith("/report.md") and "/runs/" in k for k in keys)
+    assert any(k.endswith("/model/model.safetensors") and "/runs/" in k for k in keys)
+    assert outputs[0].count("Cached(") == 0
+    assert outputs[1].count("Cached(") == 6  # capture, score, plan, slice and both evaluations
+    assert "team-secret" not in "".join(outputs)
+    for key in keys:
+        if key.endswith(".json") or key.endswith(".md"):
+            assert b"team-secret" not in fs.cat_file(key)

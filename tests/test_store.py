@@ -1,0 +1,73 @@
+"""The artifact store: manifests written last, hashes verified, keys that cannot escape the root."""
+
+import json
+
+import pytest
+
+from dynslice.store import ArtifactStore, Blob, StoreError, stage_key
+
+
+@pytest.fixture
+def store(tmp_path):
+    return ArtifactStore(tmp_path / "store")
+
+
+def test_publish_then_lookup(store, tmp_path):
+    local = tmp_path / "weights.bin"
+    local.write_bytes(b"\x00\x01" * 1000)
+    ref = store.publish("slice", "k1", inputs={"a": 1}, result={"n": 2},
+                        files={"model/weights.bin": local, "notes.json": b'{"x": 1}'})
+    found = store.lookup("slice", "k1")
+    assert found == ref and found.cached and not ref.cached
+    assert store.read_json(found, "notes.json") == {"x": 1}
+    assert store.manifest(found)["inputs"] == {"a": 1}
+    fetched = store.fetch(found, tmp_path / "copy")
+    assert (fetched / "model/weights.bin").read_bytes() == local.read_bytes()
+
+
+def test_flipped_byte_is_a_miss(store):
+    ref = store.publish("score", "k", inputs={}, result={}, files={"scores.json": b"[1, 2, 3]"})
+    blob = store.path("blobs", ref.files["scores.json"])
+    store.fs.pipe_file(blob, b"[1, 2, 4]")
+    assert store.lookup("score", "k") is None
+    with pytest.raises(StoreError, match="sha256"):
+        store.read_bytes(ref, "scores.json")
+    # republishing the same content repairs the blob
+    store.publish("score", "k", inputs={}, result={}, files={"scores.json": b"[1, 2, 3]"})
+    assert store.lookup("score", "k") is not None
+
+
+def test_torn_manifest_is_a_miss(store):
+    store.publish("plan", "k", inputs={}, result={}, files={})
+    store.fs.pipe_file(store.path("manifests", "plan", "k.json"), b'{"stage": "pl')
+    assert store.lookup("plan", "k") is None
+
+
+def test_files_without_a_manifest_are_not_an_artifact(store):
+    store.fs.pipe_file(store.path("blobs", "abc"), b"data")
+    assert store.lookup("plan", "abc") is None
+
+
+@pytest.mark.parametrize("bad", ["../escape", "a/b", ".hidden", "", "x y"])
+def test_keys_cannot_escape_the_root(store, bad):
+    with pytest.raises(StoreError):
+        store.publish("plan", bad, inputs={}, result={})
+    with pytest.raises(StoreError):
+        store.export(bad, {"a.txt": b"x"})
+
+
+def test_export_copies_blobs_and_writes_a_manifest(store):
+    ref = store.publish("plan", "k", inputs={}, result={}, files={"plan.json": b"{}"})
+    url = store.export("run-1", {"plan.json": Blob(ref.files["plan.json"]), "report.md": b"# hi"})
+    assert url.endswith("/runs/run-1")
+    manifest = json.loads(store.fs.cat_file(store.path("runs", "run-1", "MANIFEST.json")))
+    assert manifest["files"]["plan.json"] == ref.files["plan.json"]
+    assert store.fs.cat_file(store.path("runs", "run-1", "report.md")) == b"# hi"
+
+
+def test_stage_key_depends_on_every_input():
+    base = stage_key("score", "1", {"capture": "c", "metric": "cosine"})
+    assert base == stage_key("score", "1", {"metric": "cosine", "capture": "c"})  # order-free
+    assert base != stage_key("score", "2", {"capture": "c", "metric": "cosine"})  # code version
+    assert base != stage_key("score", "1", {"capture": "c", "metric": "angular"})
+    assert base != stage_key("plan", "1", {"capture": "c", "metric": "cosine"})
