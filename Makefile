@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Machines without an NVIDIA GPU get the small CPU build of PyTorch; GPU machines keep pip's default
 # (CUDA) build. Override with e.g. `make venv TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"`.
 TORCH ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
-EXTRAS ?= test
+EXTRAS ?= all,test
 
 .PHONY: venv test test-slow bench clean
 

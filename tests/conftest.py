@@ -12,6 +12,10 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
+# Tiny models gain nothing from threads, and on a busy 2-core machine each thread barrier can stall for
+# milliseconds: one thread keeps the suite's time stable.
+torch.set_num_threads(1)
+
 VOCAB = 96
 
 # hidden 32-48, 2-3 layers: big enough for GQA, biases and partial rotary to matter, small enough for float64.

@@ -139,7 +139,7 @@ def _cli(args: list[str], env: dict, **kwargs) -> subprocess.Popen:
 def _fresh_env(tmp: Path, name: str, **extra) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update(PREFECT_HOME=str(tmp / f"prefect-{name}"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               DYNSLICE_CACHE=str(tmp / "cache"), **extra)
+               DYNSLICE_CACHE=str(tmp / "cache"), OMP_NUM_THREADS="1", **extra)
     return env
 
 
@@ -154,7 +154,9 @@ def test_sigkill_mid_slicing_resumes_to_identical_bytes(tmp_path):
     cfg = config(tmp_path, calibration={"nsamples": 64, "seqlen": 96, "batch_size": 8})
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
 
-    proc = _cli(["run", "compress", "--config", str(tmp_path / "cfg.yaml")], _fresh_env(tmp_path, "a"))
+    # own process group: SIGKILL takes the run and the temporary Prefect server it started, like a lost node
+    proc = _cli(["run", "compress", "--config", str(tmp_path / "cfg.yaml")], _fresh_env(tmp_path, "a"),
+                start_new_session=True)
     checkpoints = tmp_path / "store" / "checkpoints" / "slice"
     killed_at, deadline = None, time.time() + 240
     while time.time() < deadline and proc.poll() is None:
@@ -164,7 +166,7 @@ def test_sigkill_mid_slicing_resumes_to_identical_bytes(tmp_path):
             except (ValueError, OSError):
                 continue
             if 2 <= done < 10:
-                proc.send_signal(signal.SIGKILL)
+                os.killpg(proc.pid, signal.SIGKILL)
                 killed_at = done
         if killed_at:
             break

@@ -12,7 +12,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser("score", help="score each decoder layer's redundancy on calibration text",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", required=True, help="local transformers folder")
-    p.add_argument("--calib", required=True, help="calibration text file (UTF-8)")
+    p.add_argument("--calib", required=True, help="calibration data: a .txt/.jsonl/.parquet file or folder, a hub dataset name, an fsspec URI, or the demo `wiki`")
     p.add_argument("--out", required=True, help="scores.json to write (path or fsspec URI)")
     p.add_argument("--metric", default="cosine", choices=["cosine", "angular"])
     p.add_argument("--nsamples", type=int, default=32, help="calibration windows")
@@ -31,13 +31,11 @@ def run(args: argparse.Namespace) -> int:
     import transformers
 
     from dynslice import plot_scores, score_layers
-    from dynslice.textdata import sample_windows
+    from dynslice.data import calibration_windows
 
     tokenizer = transformers.AutoTokenizer.from_pretrained(args.model)
     model = transformers.AutoModelForCausalLM.from_pretrained(args.model, dtype=getattr(torch, args.dtype))
-    with open(args.calib, encoding="utf-8") as f:
-        text = f.read()
-    calibration = sample_windows(tokenizer, [text], args.nsamples, args.seqlen, seed=args.seed)
+    calibration = calibration_windows(args.calib, tokenizer, args.nsamples, args.seqlen, seed=args.seed).as_dict()
     data_id = f"{args.calib} (windows: n={args.nsamples}, seqlen={args.seqlen}, seed={args.seed})"
     scores = score_layers(model, calibration, metric=args.metric, batch_size=args.batch_size,
                           device=args.device, model_id=args.model, data_id=data_id)

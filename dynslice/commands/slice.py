@@ -12,7 +12,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser("slice", help="slice a model and save it in the sliced-model format",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", required=True, help="local transformers folder")
-    p.add_argument("--calib", required=True, help="calibration text file (UTF-8)")
+    p.add_argument("--calib", required=True, help="calibration data: a .txt/.jsonl/.parquet file or folder, a hub dataset name, an fsspec URI, or the demo `wiki`")
     width = p.add_mutually_exclusive_group(required=True)
     width.add_argument("--sparsity", type=float, help="constant slicing fraction in [0, 1)")
     width.add_argument("--plan", help="plan.json written by `dynslice plan`")
@@ -29,23 +29,23 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import fsspec
     import torch
     import transformers
 
     from dynslice import SlicePlan, save_sliced, slice_model
-    from dynslice.textdata import sample_windows
+    from dynslice.data import calibration_windows
 
-    tokenizer = transformers.AutoTokenizer.from_pretrained(args.model)
-    model = transformers.AutoModelForCausalLM.from_pretrained(args.model, dtype=getattr(torch, args.dtype))
-    with open(args.calib, encoding="utf-8") as f:
-        text = f.read()
-    calibration = sample_windows(tokenizer, [text], args.nsamples, args.seqlen, seed=args.seed)
-    config = model.config
+    config = transformers.AutoConfig.from_pretrained(args.model)  # the plan is checked before any loading
     if args.plan:
-        with open(args.plan, encoding="utf-8") as f:
+        with fsspec.open(args.plan, "r", encoding="utf-8") as f:
             plan = SlicePlan.from_json(f.read())
     else:
         plan = SlicePlan.constant(config.num_hidden_layers, config.hidden_size, args.sparsity, args.round_to)
+    plan.check(config)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(args.model)
+    calibration = calibration_windows(args.calib, tokenizer, args.nsamples, args.seqlen, seed=args.seed).as_dict()
+    model = transformers.AutoModelForCausalLM.from_pretrained(args.model, dtype=getattr(torch, args.dtype))
     dense = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
     slice_model(model, calibration, plan, batch_size=args.batch_size, device=args.device,
                 state_dir=args.state_dir)
