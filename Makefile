@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
 EXTRAS ?= all,test
 
-.PHONY: venv test test-slow bench clean
+.PHONY: venv demo test test-slow bench clean
 
 $(BIN)/dynslice: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,10 @@ $(BIN)/dynslice: pyproject.toml
 	touch $@
 
 venv: $(BIN)/dynslice
+
+demo: venv
+	$(BIN)/dynslice assets fetch
+	$(BIN)/dynslice run compress $(ARGS)
 
 test: venv
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -q

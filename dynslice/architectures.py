@@ -8,7 +8,7 @@ and the saved-model loader read only these; nothing else in dynslice knows a fam
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from torch import nn

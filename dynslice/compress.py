@@ -293,7 +293,8 @@ def slice_model(model: nn.Module, calibration, plan: SlicePlan, *, batch_size: i
             layers[i] = block.to(home)
             if state and ((i + 1) % checkpoint_every == 0 or i + 1 == plan.num_layers):
                 for j in range(saved_upto, i + 1):
-                    own = {SPECTRUM + k.rpartition(".")[2]: v for k, v in spectra.items() if k.startswith(f"layer.{j}.")}
+                    own = {SPECTRUM + k.rpartition(".")[2]: v for k, v in spectra.items()
+                           if k.startswith(f"layer.{j}.")}
                     state.save_layer(j, {**layers[j].state_dict(), **own})
                 state.commit(i + 1, q, sig.inputs)
                 saved_upto = i + 1

@@ -107,3 +107,18 @@ def uneven_plan(config):
     parallel = type(config).__name__.startswith("Phi")
     mid = None if parallel else [d - 4 * ((i + 1) % 3) for i in range(n)]
     return SlicePlan.from_widths(widths, mid)
+
+
+TEXT = ("It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in "
+        "want of a wife. However little known the feelings or views of such a man may be on his first entering "
+        "a neighbourhood, this truth is so well fixed in the minds of the surrounding families. ") * 30
+
+
+def model_folder(tmp_path, family: str = "llama"):
+    """A tiny float32 model saved with its tokenizer, and a calibration text beside it."""
+    folder = tmp_path / "dense"
+    model = tiny_model(family, dtype=torch.float32)
+    model.save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    (tmp_path / "calib.txt").write_text(TEXT)
+    return folder, model

@@ -2,27 +2,16 @@
 
 import json
 
-import torch
 
 import dynslice
-from conftest import param_count, tiny_model, tiny_tokenizer
+from conftest import model_folder, param_count, tiny_model
 from dynslice.cli import main
 
-TEXT = ("It is a truth universally acknowledged, that a single man in possession of a good fortune, "
-        "must be in want of a wife. ") * 40
 
-
-def _model_dir(tmp_path):
-    folder = tmp_path / "dense"
-    model = tiny_model("llama", dtype=torch.float32)
-    model.save_pretrained(folder)
-    tiny_tokenizer().save_pretrained(folder)
-    (tmp_path / "calib.txt").write_text(TEXT)
-    return folder, model
 
 
 def test_score_plan_slice(tmp_path, capsys):
-    folder, dense = _model_dir(tmp_path)
+    folder, dense = model_folder(tmp_path)
     calib = str(tmp_path / "calib.txt")
     scores_json, plot = tmp_path / "scores.json", tmp_path / "scores.png"
     assert main(["score", "--model", str(folder), "--calib", calib, "--out", str(scores_json),

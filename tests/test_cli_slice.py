@@ -3,26 +3,15 @@
 import subprocess
 import sys
 
-import torch
 
 import dynslice
-from conftest import param_count, tiny_model, tiny_tokenizer
-
-TEXT = ("It is a truth universally acknowledged, that a single man in possession of a good fortune, "
-        "must be in want of a wife. ") * 40
+from conftest import model_folder, param_count
 
 
-def _model_dir(tmp_path):
-    folder = tmp_path / "dense"
-    model = tiny_model("llama", dtype=torch.float32)
-    model.save_pretrained(folder)
-    tiny_tokenizer().save_pretrained(folder)
-    (tmp_path / "calib.txt").write_text(TEXT)
-    return folder, model
 
 
 def test_slice_command(tmp_path):
-    folder, dense = _model_dir(tmp_path)
+    folder, dense = model_folder(tmp_path)
     out = tmp_path / "sliced"
     result = subprocess.run(
         [sys.executable, "-m", "dynslice", "slice", "--model", str(folder), "--calib", str(tmp_path / "calib.txt"),
@@ -38,7 +27,7 @@ def test_slice_command(tmp_path):
 
 
 def test_slice_command_reports_bad_input(tmp_path):
-    folder, _ = _model_dir(tmp_path)
+    folder, _ = model_folder(tmp_path)
     result = subprocess.run(
         [sys.executable, "-m", "dynslice", "slice", "--model", str(folder), "--calib", str(tmp_path / "calib.txt"),
          "--sparsity", "1.5", "--out", str(tmp_path / "x")], capture_output=True, text=True, timeout=300)

@@ -17,14 +17,11 @@ import torch
 import transformers
 import yaml
 
-from conftest import tiny_model, tiny_tokenizer
+from conftest import TEXT, model_folder, tiny_tokenizer
 from dynslice.config import load_config
 from dynslice.store import ArtifactStore
 
 REPO = Path(__file__).resolve().parents[1]
-TEXT = ("It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in "
-        "want of a wife. However little known the feelings or views of such a man may be on his first entering "
-        "a neighbourhood, this truth is so well fixed in the minds of the surrounding families. ") * 30
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -40,15 +37,12 @@ def prefect_server():
 @pytest.fixture
 def workspace(tmp_path, monkeypatch):
     monkeypatch.setenv("DYNSLICE_CACHE", str(tmp_path / "cache"))
-    model = tiny_model("llama", dtype=torch.float32)
-    model.save_pretrained(tmp_path / "model")
-    tiny_tokenizer().save_pretrained(tmp_path / "model")
-    (tmp_path / "calib.txt").write_text(TEXT)
+    model_folder(tmp_path)
     return tmp_path
 
 
 def config(ws: Path, store: str | None = None, **sections) -> dict:
-    cfg = {"model": {"source": str(ws / "model")},
+    cfg = {"model": {"source": str(ws / "dense")},
            "calibration": {"source": str(ws / "calib.txt"), "nsamples": 8, "seqlen": 32, "batch_size": 4},
            "plan": {"planner": "dynamic", "target": 0.25, "variation": 0.1, "round_to": 4},
            "evaluation": {"ppl": str(ws / "eval.txt"), "ppl_seqlen": 32, "ppl_windows": 4, "tasks": [],
@@ -147,8 +141,8 @@ def test_sigkill_mid_slicing_resumes_to_identical_bytes(tmp_path):
     torch.manual_seed(0)
     config_ = transformers.LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=12,
                                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
-    transformers.AutoModelForCausalLM.from_config(config_).save_pretrained(tmp_path / "model")
-    tiny_tokenizer().save_pretrained(tmp_path / "model")
+    transformers.AutoModelForCausalLM.from_config(config_).save_pretrained(tmp_path / "dense")
+    tiny_tokenizer().save_pretrained(tmp_path / "dense")
     (tmp_path / "calib.txt").write_text(TEXT)
     (tmp_path / "eval.txt").write_text(TEXT[::-1])
     cfg = config(tmp_path, calibration={"nsamples": 64, "seqlen": 96, "batch_size": 8})
