@@ -12,8 +12,9 @@ def add_parser(sub) -> None:
     p = sub.add_parser("score", help="score each decoder layer's redundancy on calibration text",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", required=True, help="local transformers folder")
-    p.add_argument("--calib", required=True, help="calibration data: a .txt/.jsonl/.parquet file or folder, a hub dataset name, "
-                                             "an fsspec URI, or the demo `wiki`")
+    p.add_argument("--calib", required=True,
+                   help="calibration data: a .txt/.jsonl/.parquet file or folder, a hub dataset name, an fsspec "
+                        "URI, or the demo `wiki`")
     p.add_argument("--out", required=True, help="scores.json to write (path or fsspec URI)")
     p.add_argument("--metric", default="cosine", choices=["cosine", "angular"])
     p.add_argument("--nsamples", type=int, default=32, help="calibration windows")

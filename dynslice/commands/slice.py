@@ -12,8 +12,9 @@ def add_parser(sub) -> None:
     p = sub.add_parser("slice", help="slice a model and save it in the sliced-model format",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", required=True, help="local transformers folder")
-    p.add_argument("--calib", required=True, help="calibration data: a .txt/.jsonl/.parquet file or folder, a hub dataset name, "
-                                             "an fsspec URI, or the demo `wiki`")
+    p.add_argument("--calib", required=True,
+                   help="calibration data: a .txt/.jsonl/.parquet file or folder, a hub dataset name, an fsspec "
+                        "URI, or the demo `wiki`")
     width = p.add_mutually_exclusive_group(required=True)
     width.add_argument("--sparsity", type=float, help="constant slicing fraction in [0, 1)")
     width.add_argument("--plan", help="plan.json written by `dynslice plan`")
