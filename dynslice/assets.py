@@ -77,7 +77,8 @@ English Wikipedia sample
 
 train.jsonl, validation.jsonl and test.jsonl hold {articles} English Wikipedia articles ({train} train,
 {validation} validation, {test} test), one JSON record per article with its id, url, title and text.
-The text is from the file exllamav2/conversion/standard_cal_data/wiki.utf8 in the PyPI wheel exllamav2==0.3.2 (sha256 {sha256}).
+The text is from the file exllamav2/conversion/standard_cal_data/wiki.utf8 in the PyPI wheel
+exllamav2==0.3.2 (sha256 {sha256}).
 Changes made here: the <doc> tags were removed, articles without body text were dropped, and the articles were
 split into train, validation and test by a hash of their id.
 
