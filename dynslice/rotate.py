@@ -1,20 +1,17 @@
-"""Rotations folded into weights. Math runs in float64 and is cast back to each weight's dtype."""
+"""Rotations folded into weights: float64 math (the bases are float64; a weight is rounded once, to its own
+dtype, at the end), which also keeps a globally enabled TF32 out of these products."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-_ROW_CHUNK = 8192  # embedding/head rows per float64 chunk: bounds the extra memory for 100k+ vocabularies
-
-
-def _as(q: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    return q.to(device=w.device, dtype=torch.float64)
+_ROW_CHUNK = 8192  # embedding/head rows per chunk: bounds the extra memory for 100k+ vocabularies
 
 
 def _rows_times(weight: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     """weight [R, D] @ q [D, d] in float64, a chunk of rows at a time, cast back."""
-    q = _as(q, weight)
+    q = q.to(device=weight.device, dtype=torch.float64)
     out = torch.empty(weight.shape[0], q.shape[1], dtype=weight.dtype, device=weight.device)
     for start in range(0, weight.shape[0], _ROW_CHUNK):
         out[start:start + _ROW_CHUNK] = (weight[start:start + _ROW_CHUNK].double() @ q).to(weight.dtype)
@@ -30,7 +27,7 @@ def rotate_inputs(linear: nn.Linear, q: torch.Tensor) -> None:
 def rotate_outputs(linear: nn.Linear, q: torch.Tensor) -> None:
     """The linear now writes y' = y @ q: W [D, in] -> q^T W [d, in], b -> q^T b."""
     w = linear.weight.data
-    qd = _as(q, w)
+    qd = q.to(device=w.device, dtype=torch.float64)
     linear.weight = nn.Parameter((qd.T @ w.double()).to(w.dtype), requires_grad=False)
     if linear.bias is not None:
         b = linear.bias.data
