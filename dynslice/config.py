@@ -87,6 +87,8 @@ class CompressConfig(_Strict):
     evaluation: EvaluationConfig = EvaluationConfig()
     selection: SelectionConfig = SelectionConfig()
     store: str = Field("./dynslice-store", description="artifact store: a folder or an fsspec URI (s3://...)")
+    store_block: str | None = Field(None, description="Prefect Secret block whose JSON value holds the store's "
+                                                      "fsspec options (endpoint_url, key, secret, ...)")
     device: str = Field("auto", description="auto (cuda if available), cpu, cuda, cuda:1, ...")
     checkpoint_every: int = Field(1, ge=1, description="layers between slicing checkpoints")
     run_name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")

@@ -19,8 +19,7 @@ def _num(value: Any, spec: str) -> str:
 
 def comparison_rows(dense: dict, sliced: dict) -> list[tuple[str, str, str]]:
     """(metric, dense, sliced) rows from two `evaluate` results."""
-    rows = [("parameters", f"{dense['parameters']:,}",
-             f"{sliced['parameters']:,} ({1 - sliced['parameters'] / dense['parameters']:.1%} removed)")]
+    rows = [("parameters", f"{dense['parameters']:,}", f"{sliced['parameters']:,} ({_size_change(dense, sliced)})")]
     if "perplexity" in dense:
         rows.append(("perplexity", _num(dense.get("perplexity"), ".3f"), _num(sliced.get("perplexity"), ".3f")))
     if "accuracy" in dense:
@@ -34,6 +33,14 @@ def comparison_rows(dense: dict, sliced: dict) -> list[tuple[str, str, str]]:
                  ("decode ms/token", f"{d['decode_ms_per_token']:.2f}", f"{s['decode_ms_per_token']:.2f}"),
                  ("weights + buffers (MB)", f"{d['memory_bytes'] / 2**20:.1f}", f"{s['memory_bytes'] / 2**20:.1f}")]
     return rows
+
+
+def _size_change(dense: dict, sliced: dict) -> str:
+    removed = 1 - sliced["parameters"] / dense["parameters"]
+    if removed >= 0:
+        return f"{removed:.1%} removed"
+    # slicing unties a tied head and adds shortcut matrices: at a low target a small model can grow
+    return f"{-removed:.1%} more than dense: untied head and shortcuts"
 
 
 def markdown_table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> str:

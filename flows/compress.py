@@ -8,6 +8,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from dynslice.config import CompressConfig, EvaluationConfig
 from dynslice.report import run_name
+from tasks.common import store_spec
 from tasks.publish import publish
 from tasks.stages import capture, evaluate, plan, score, slice_
 
@@ -27,9 +28,11 @@ def selection_eval(config: CompressConfig) -> EvaluationConfig:
 def slice_and_select(config: CompressConfig, capture_ref: dict, plan_refs: list[dict]) -> tuple[dict, dict, list]:
     """Slice every plan (fanned out), score each on held-out perplexity, return the best (plan, slice)."""
     c = config
-    slices = slice_.map(c.store, unmapped(c.model), unmapped(capture_ref), plan_refs,
+    store = store_spec(c.store, c.store_block)
+    slices = slice_.map(unmapped(store), unmapped(c.model), unmapped(capture_ref), plan_refs,
                         unmapped(c.calibration.batch_size), unmapped(c.device), unmapped(c.checkpoint_every))
-    checks = evaluate.map(c.store, unmapped(c.model), unmapped(selection_eval(c)), unmapped(c.device), slices)
+    checks = evaluate.map(unmapped(store), unmapped(c.model), unmapped(selection_eval(c)), unmapped(c.device),
+                          slices)
     scored = [(_value(p), s.result(), e.result()) for p, s, e in zip(plan_refs, slices, checks)]
     best = min(scored, key=lambda item: item[2]["result"]["perplexity"])
     return best[0], best[1], scored
@@ -39,23 +42,24 @@ def slice_and_select(config: CompressConfig, capture_ref: dict, plan_refs: list[
 @flow(name="compress", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=1))
 def compress(config: CompressConfig = CompressConfig()) -> dict:
     c = config
-    capture_ref = capture.submit(c.store, c.model, c.calibration, c.device)
-    score_ref = score.submit(c.store, capture_ref, c.plan.metric)
+    store = store_spec(c.store, c.store_block)
+    capture_ref = capture.submit(store, c.model, c.calibration, c.device)
+    score_ref = score.submit(store, capture_ref, c.plan.metric)
     if c.plan.planner == "auto":
         variations = c.plan.variations or [c.plan.target * k / 4 for k in range(5)]
-        plan_refs = [plan.submit(c.store, score_ref, c.plan, a) for a in variations]
+        plan_refs = [plan.submit(store, score_ref, c.plan, a) for a in variations]
         plan_ref, slice_ref, _ = slice_and_select(c, capture_ref, plan_refs)
     else:
-        plan_ref = plan.submit(c.store, score_ref, c.plan)
-        slice_ref = slice_.submit(c.store, c.model, capture_ref, plan_ref, c.calibration.batch_size, c.device,
+        plan_ref = plan.submit(store, score_ref, c.plan)
+        slice_ref = slice_.submit(store, c.model, capture_ref, plan_ref, c.calibration.batch_size, c.device,
                                   c.checkpoint_every)
-    dense_eval = evaluate.submit(c.store, c.model, c.evaluation, c.device)
-    sliced_eval = evaluate.submit(c.store, c.model, c.evaluation, c.device, slice_ref)
+    dense_eval = evaluate.submit(store, c.model, c.evaluation, c.device)
+    sliced_eval = evaluate.submit(store, c.model, c.evaluation, c.device, slice_ref)
     futures = {"capture": capture_ref, "score": score_ref, "plan": plan_ref, "slice": slice_ref,
                "dense_eval": dense_eval, "sliced_eval": sliced_eval}
     refs = {name: _value(f) for name, f in futures.items()}
     run = c.run_name or run_name(c.model.source, refs["plan"]["result"]["planner"], c.plan.target,
                                  refs["slice"]["key"])
-    published = publish.submit(c.store, run, c.model_dump(), refs).result()
+    published = publish.submit(store, run, c.model_dump(), refs).result()
     print(f"run {run}: report {published['report']}\n\n{published['table']}")
     return {"run": run, **published, "refs": refs}

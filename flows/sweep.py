@@ -11,6 +11,8 @@ from dynslice import report
 from dynslice.config import SweepConfig
 from dynslice.plots import plot_sweep
 from flows.compress import slice_and_select
+from tasks.common import store_spec
+from tasks.publish import publish
 from tasks.stages import capture, evaluate, plan, score
 
 
@@ -28,23 +30,28 @@ def grid_points(config: SweepConfig) -> list[dict]:
 @flow(name="sweep", log_prints=True)
 def sweep(config: SweepConfig = SweepConfig()) -> dict:
     c = config
-    capture_ref = capture.submit(c.store, c.model, c.calibration, c.device)
-    score_ref = score.submit(c.store, capture_ref, c.plan.metric)
+    store = store_spec(c.store, c.store_block)
+    capture_ref = capture.submit(store, c.model, c.calibration, c.device)
+    score_ref = score.submit(store, capture_ref, c.plan.metric)
     points = grid_points(c)
     plans = [c.plan.model_copy(update={k: v for k, v in p.items() if k != "variation"}) for p in points]
-    plan_refs = [plan.submit(c.store, score_ref, config, p["variation"]) for config, p in zip(plans, points)]
-    best_plan, best_slice, scored = slice_and_select(c, capture_ref, plan_refs)
+    plan_refs = [plan.submit(store, score_ref, config, p["variation"]) for config, p in zip(plans, points)]
+    best_plan, best_slice, scored = slice_and_select(c, capture_ref, plan_refs)  # fanned out with .map
     table = [dict(p, param_reduction=s["result"]["param_reduction"], perplexity=e["result"]["perplexity"],
                   slice=s["key"]) for p, (_, s, e) in zip(points, scored)]
     best = next(t for t in table if t["slice"] == best_slice["key"])
-    dense_eval = evaluate.submit(c.store, c.model, c.evaluation, c.device).result()
-    best_eval = evaluate.submit(c.store, c.model, c.evaluation, c.device, best_slice).result()
+    dense_eval = evaluate.submit(store, c.model, c.evaluation, c.device).result()
+    best_eval = evaluate.submit(store, c.model, c.evaluation, c.device, best_slice).result()
     final = report.markdown_table(report.comparison_rows(dense_eval["result"], best_eval["result"]),
                                   ("best plan (test split)", "dense", "sliced"))
     run = c.run_name or f"sweep-{best_slice['key'][:10]}"
+    refs = {"capture": capture_ref.result(), "score": score_ref.result(), "plan": best_plan, "slice": best_slice,
+            "dense_eval": dense_eval, "sliced_eval": best_eval}
+    published = publish.submit(store, run, c.model_dump(), refs).result()  # the best model, report and links
     png = plot_sweep(table)
     text = report.sweep_report(run, table, best, final)
     create_markdown_artifact(text + f"\n\n![perplexity against size]({report.data_uri(png)})\n",
                              key="dynslice-sweep")
     print(text)
-    return {"run": run, "points": table, "best": best, "best_plan": best_plan, "best_slice": best_slice}
+    return {"run": run, **published, "points": table, "best": best, "best_plan": best_plan,
+            "best_slice": best_slice}

@@ -17,15 +17,20 @@ def io_errors_only(task, task_run, state) -> bool:
     return isinstance(exc, (OSError, TimeoutError)) and not isinstance(exc, _PERMANENT)
 
 
-def open_store(uri: str, options_block: str | None = None) -> ArtifactStore:
+def store_spec(uri: str, block: str | None = None) -> dict:
+    """What tasks receive to open the store: its URI and, optionally, the name of a Prefect Secret block."""
+    return {"uri": uri, "block": block}
+
+
+def open_store(spec: dict) -> ArtifactStore:
     """The artifact store; fsspec storage options (endpoint, credentials) may come from a Prefect Secret
     block holding JSON, so they never appear in a configuration file, a log or an artifact."""
     options = None
-    if options_block:
+    if spec.get("block"):
         from prefect.blocks.system import Secret
 
-        options = Secret.load(options_block).get()
-    return ArtifactStore(uri, storage_options=options)
+        options = Secret.load(spec["block"]).get()
+    return ArtifactStore(spec["uri"], storage_options=options)
 
 
 def reported(ref: ArtifactRef):

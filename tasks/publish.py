@@ -17,8 +17,8 @@ _PLOTS = {"layer scores": ("score", "scores.png"), "widths per layer": ("plan", 
 
 
 @task(name="publish", cache_policy=NONE, persist_result=False, retry_condition_fn=io_errors_only, **RETRY)
-def publish(store: str, run: str, config: dict, refs: dict[str, dict], store_block: str | None = None) -> dict:
-    st = open_store(store, store_block)
+def publish(store: dict, run: str, config: dict, refs: dict[str, dict]) -> dict:
+    st = open_store(store)
     refs = {name: ArtifactRef.from_dict(ref) for name, ref in refs.items()}
     results = {name: ref.result for name, ref in refs.items()}
     images = {caption: refs[stage].files[name] for caption, (stage, name) in _PLOTS.items()}

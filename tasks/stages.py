@@ -19,34 +19,32 @@ _OPTIONS = dict(cache_policy=NONE, persist_result=False, retry_condition_fn=io_e
 
 
 @task(name="capture", **_OPTIONS)
-def capture(store: str, model: ModelConfig, calibration: CalibrationConfig, device: str,
-            store_block: str | None = None) -> dict:
-    return reported(stages.capture(open_store(store, store_block), model, calibration, device))
+def capture(store: dict, model: ModelConfig, calibration: CalibrationConfig, device: str) -> dict:
+    return reported(stages.capture(open_store(store), model, calibration, device))
 
 
 @task(name="score", **_OPTIONS)
-def score(store: str, capture_ref: dict, metric: str, store_block: str | None = None) -> dict:
-    return reported(stages.score(open_store(store, store_block), ArtifactRef.from_dict(capture_ref), metric))
+def score(store: dict, capture_ref: dict, metric: str) -> dict:
+    return reported(stages.score(open_store(store), ArtifactRef.from_dict(capture_ref), metric))
 
 
 @task(name="plan", **_OPTIONS)
-def plan(store: str, score_ref: dict, plan_config: PlanConfig, variation: float | None = None,
-         store_block: str | None = None) -> dict:
-    ref = stages.plan(open_store(store, store_block), ArtifactRef.from_dict(score_ref), plan_config, variation)
+def plan(store: dict, score_ref: dict, plan_config: PlanConfig, variation: float | None = None) -> dict:
+    ref = stages.plan(open_store(store), ArtifactRef.from_dict(score_ref), plan_config, variation)
     return reported(ref)
 
 
 @task(name="slice", **_OPTIONS)
-def slice_(store: str, model: ModelConfig, capture_ref: dict, plan_ref: dict, batch_size: int, device: str,
-           checkpoint_every: int, store_block: str | None = None) -> dict:
-    ref = stages.slice_stage(open_store(store, store_block), model, ArtifactRef.from_dict(capture_ref),
+def slice_(store: dict, model: ModelConfig, capture_ref: dict, plan_ref: dict, batch_size: int, device: str,
+           checkpoint_every: int) -> dict:
+    ref = stages.slice_stage(open_store(store), model, ArtifactRef.from_dict(capture_ref),
                              ArtifactRef.from_dict(plan_ref), batch_size, device, checkpoint_every)
     return reported(ref)
 
 
 @task(name="evaluate", **_OPTIONS)
-def evaluate(store: str, model: ModelConfig, evaluation: EvaluationConfig, device: str,
-             slice_ref: dict | None = None, store_block: str | None = None) -> dict:
-    ref = stages.evaluate(open_store(store, store_block), model, evaluation, device,
+def evaluate(store: dict, model: ModelConfig, evaluation: EvaluationConfig, device: str,
+             slice_ref: dict | None = None) -> dict:
+    ref = stages.evaluate(open_store(store), model, evaluation, device,
                           ArtifactRef.from_dict(slice_ref) if slice_ref else None)
     return reported(ref)

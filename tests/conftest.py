@@ -29,6 +29,9 @@ CONFIGS = {
     "qwen2": lambda: transformers.Qwen2Config(
         vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False),
+    "qwen3": lambda: transformers.Qwen3Config(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=8, max_position_embeddings=64, tie_word_embeddings=True),
     "opt": lambda: transformers.OPTConfig(
         vocab_size=VOCAB, hidden_size=32, ffn_dim=64, num_hidden_layers=3, num_attention_heads=4,
         max_position_embeddings=64, word_embed_proj_dim=32, pad_token_id=1),
@@ -59,9 +62,9 @@ def tiny_model(family: str, dtype: torch.dtype = torch.float64, seed: int = 0) -
     config._attn_implementation = "eager"
     model = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype)
     _perturb_norms(model)
-    if dtype == torch.float64:
-        for module in model.modules():
-            if type(module).__name__.endswith("RMSNorm"):
+    if dtype == torch.float64:  # the stream's norms only: per-head q/k norms stay the library's own
+        for name, module in model.named_modules():
+            if type(module).__name__.endswith("RMSNorm") and not name.endswith(("q_norm", "k_norm")):
                 module.forward = _exact_rmsnorm(module)
     return model.eval()
 

@@ -8,14 +8,14 @@ import torch
 import transformers
 
 import dynslice
-from conftest import calibration, tiny_model, tiny_tokenizer, uneven_plan
+from conftest import FAMILIES, calibration, tiny_model, tiny_tokenizer, uneven_plan
 
 
 @pytest.fixture(scope="module")
 def sliced_dirs(tmp_path_factory):
     """One sliced model per family, saved once for the whole module."""
     out = {}
-    for family in ("llama", "opt", "phi", "qwen2", "mistral"):
+    for family in FAMILIES:
         model = tiny_model(family)
         dynslice.slice_model(model, calibration(), uneven_plan(model.config), progress=False)
         path = tmp_path_factory.mktemp(family)

@@ -232,3 +232,23 @@ def test_s3_store_shared_by_two_fresh_processes(workspace, s3_server):
     for key in keys:
         if key.endswith(".json") or key.endswith(".md"):
             assert b"team-secret" not in fs.cat_file(key)
+
+
+def test_sweep_shares_capture_and_picks_the_lowest_held_out_perplexity(workspace):
+    from flows.sweep import sweep
+
+    from dynslice.config import SweepConfig
+
+    ws = workspace
+    (ws / "eval.txt").write_text(TEXT[::-1])
+    (ws / "heldout.txt").write_text(TEXT[100:] + TEXT[:100])
+    cfg = config(ws, selection={"source": str(ws / "heldout.txt"), "split": None, "seqlen": 32, "windows": 4})
+    cfg["grid"] = {"targets": [0.25, 0.5], "variations": [0.1], "planners": ["constant", "dynamic"],
+                   "budgets": ["mean"]}
+    result = sweep(load_config(cfg, SweepConfig))
+    points = result["points"]
+    assert len(points) == 4 and len({p["slice"] for p in points}) >= 2
+    assert result["best"]["perplexity"] == min(p["perplexity"] for p in points)
+    store = ArtifactStore(ws / "store")
+    assert len(store.manifests("capture")) == 1 and len(store.manifests("score")) == 1  # shared by the grid
+    assert Path(result["report"].removeprefix("file://")).is_file()

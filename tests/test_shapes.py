@@ -41,7 +41,7 @@ def test_dense_count_is_the_full_plan_minus_norms_plus_shortcuts():
     assert full.num_parameters(config) == param_count(model) - norms + 2 * d * d * n
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_low_precision_dtypes(dtype):
     model = tiny_model("llama", dtype=dtype)
     plan = uneven_plan(model.config)
