@@ -99,7 +99,7 @@ def zero_pads(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Pad positions carry no information; zeroing them keeps NaN from fully masked rows out of real tokens."""
     if bool(mask.all()):
         return x
-    return x * mask.to(x.device, x.dtype)[..., None]
+    return torch.where(mask.to(x.device).bool()[..., None], x, torch.zeros((), dtype=x.dtype, device=x.device))
 
 
 def _basis_of(outputs: list[torch.Tensor], masks: list[torch.Tensor], device: torch.device,
@@ -210,8 +210,15 @@ _SLICERS = {"sequential": _slice_sequential, "parallel": _slice_parallel}
 
 
 def _fingerprint(model: nn.Module, calib: Calibration, plan: SlicePlan, batch_size: int) -> str:
+    """What a saved loop state must match: the architecture, a sample of every weight, the dtype, the plan,
+    the batching and the calibration tokens (not where the model was loaded from, nor library versions)."""
     h = hashlib.sha256()
-    h.update(model.config.to_json_string(use_diff=False).encode())
+    config = {k: v for k, v in model.config.to_dict().items() if k not in ("_name_or_path", "transformers_version")}
+    h.update(json.dumps(config, sort_keys=True, default=str).encode())
+    for name, p in model.named_parameters():
+        flat = p.detach().reshape(-1)
+        sample = flat[:: max(1, flat.numel() // 256)].to("cpu", torch.float64)  # cheap, catches replaced weights
+        h.update(name.encode() + sample.numpy().tobytes())
     h.update(str(next(model.parameters()).dtype).encode())
     h.update(json.dumps({"widths": plan.widths, "mid": plan.mid, "batch": batch_size}).encode())
     h.update(calib.fingerprint().encode())
@@ -225,7 +232,8 @@ def _embedding_tensors(model: nn.Module, spec: ArchSpec) -> dict[str, torch.Tens
 def slice_model(model: nn.Module, calibration, plan: SlicePlan, *, batch_size: int = 8,
                 device: str | torch.device | None = None, state_dir: str | None = None,
                 signal_device: str | torch.device | None = None, checkpoint_every: int = 1,
-                progress: bool = True, spectra: dict | None = None) -> nn.Module:
+                progress: bool = True, spectra: dict | None = None,
+                storage_options: dict | None = None) -> nn.Module:
     """Rotate and slice `model` in place with the per-layer widths of `plan`; returns the model.
 
     calibration: LongTensor [N, T] of token ids, or a dict with `input_ids` and `attention_mask`.
@@ -233,6 +241,7 @@ def slice_model(model: nn.Module, calibration, plan: SlicePlan, *, batch_size: i
     signal_device: where calibration signals are kept between layers (default: `device`).
     state_dir: folder or fsspec URI; the loop state is saved there every `checkpoint_every` layers and a
         run given the same folder resumes from it, producing the same bytes as an uninterrupted run.
+    storage_options: fsspec options for `state_dir` (endpoint, credentials); default: the environment's.
     spectra: if a dict is given, it receives the PCA eigenvalues (float64 tensors [D]) of every basis:
         "embedding", then "layer.{i}.mid" (sequential blocks) and "layer.{i}.out"; they survive a resume.
     """
@@ -249,7 +258,8 @@ def slice_model(model: nn.Module, calibration, plan: SlicePlan, *, batch_size: i
     home = next(model.parameters()).device
     device = torch.device(device) if device is not None else home
     signal_device = torch.device(signal_device) if signal_device is not None else device
-    state = LoopState(state_dir, _fingerprint(model, calib, plan, batch_size)) if state_dir else None
+    state = (LoopState(state_dir, _fingerprint(model, calib, plan, batch_size), storage_options)
+             if state_dir else None)
     resume = state.load() if state else None
 
     model.eval()

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from dynslice.errors import DynsliceError
 
 Dtype = Literal["float32", "bfloat16", "float16", "float64"]
+_FILE_SUFFIXES = (".txt", ".jsonl", ".json", ".parquet")
 
 
 class ConfigError(DynsliceError):
@@ -79,6 +80,15 @@ class SelectionConfig(_Strict):
     seqlen: int = Field(256, ge=2)
     windows: int = Field(16, ge=1)
 
+    @model_validator(mode="after")
+    def _held_out(self):
+        if self.split is None and not self.source.lower().endswith(_FILE_SUFFIXES):
+            raise ValueError(f"split must name a held-out split of {self.source!r} (e.g. validation); only a single "
+                             f"file may leave it null")
+        if self.split == "test":
+            raise ValueError("split must not be `test`: plans are chosen on held-out data, reported on test")
+        return self
+
 
 class CompressConfig(_Strict):
     model: ModelConfig = ModelConfig()
@@ -92,6 +102,13 @@ class CompressConfig(_Strict):
     device: str = Field("auto", description="auto (cuda if available), cpu, cuda, cuda:1, ...")
     checkpoint_every: int = Field(1, ge=1, description="layers between slicing checkpoints")
     run_name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+    @model_validator(mode="after")
+    def _selection_is_not_evaluation(self):
+        if self.evaluation.ppl and self.selection.source == self.evaluation.ppl and (
+                self.selection.split == self.evaluation.ppl_split or self.selection.split is None):
+            raise ValueError("selection: the held-out data must differ from the evaluation's perplexity data")
+        return self
 
     @field_validator("device")
     @classmethod
@@ -115,6 +132,9 @@ class SweepGrid(_Strict):
         for t in self.targets:
             if not 0.0 <= t < 1.0:
                 raise ValueError(f"target {t} must be in [0, 1)")
+        for a in self.variations:
+            if not 0.0 <= a < 1.0:
+                raise ValueError(f"variation {a} must be in [0, 1) (each point uses min(variation, target))")
         return self
 
 
@@ -142,7 +162,10 @@ def load_config(data: dict | None, cls: type[CompressConfig] = CompressConfig,
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {dotted}: {part} is not a section")
-        node[leaf] = yaml.safe_load(raw)
+        try:
+            node[leaf] = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML: {exc}") from None
     try:
         return cls.model_validate(merged)
     except ValidationError as exc:
@@ -156,8 +179,13 @@ def read_config(path: str | None, cls: type[CompressConfig] = CompressConfig,
 
     data = {}
     if path:
-        with fsspec.open(path, "r", encoding="utf-8") as f:
-            data = yaml.safe_load(f) or {}
+        try:
+            with fsspec.open(path, "r", encoding="utf-8") as f:
+                data = yaml.safe_load(f) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"configuration file {path} does not exist") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path} is not valid YAML: {exc}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path} must hold a YAML mapping")
     return load_config(data, cls, overrides)

@@ -32,8 +32,8 @@ class Resume:
 
 
 class LoopState:
-    def __init__(self, uri: str, fingerprint: str):
-        self.fs, self.root = fsspec.core.url_to_fs(str(uri))
+    def __init__(self, uri: str, fingerprint: str, storage_options: dict | None = None):
+        self.fs, self.root = fsspec.core.url_to_fs(str(uri), **(storage_options or {}))
         self.fingerprint = fingerprint
         self.fs.makedirs(self.root, exist_ok=True)
 

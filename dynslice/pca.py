@@ -25,7 +25,16 @@ class Covariance:
         rows = x.reshape(-1, x.shape[-1]) if bool(mask.all()) else x[mask.to(x.device).bool()]  # [n, D]
         rows = rows.to(self._sum.device, torch.float64 if x.dtype == torch.float64 else torch.float32)
         # (BLAS syrk would halve the flops, but SciPy's OpenBLAS threads then fight torch's for the cores)
-        self._sum += (rows.T @ rows).to(torch.float64)
+        if rows.is_cuda and rows.dtype == torch.float32:
+            precision = torch.get_float32_matmul_precision()
+            torch.set_float32_matmul_precision("highest")  # no TF32 here, whatever the user enabled globally
+            try:
+                product = rows.T @ rows
+            finally:
+                torch.set_float32_matmul_precision(precision)
+        else:
+            product = rows.T @ rows
+        self._sum += product.to(torch.float64)
         self.count += rows.shape[0]
 
     def matrix(self) -> torch.Tensor:

@@ -26,6 +26,7 @@ from dynslice.cache import cache_root, sha256_file
 from dynslice.config import CalibrationConfig, EvaluationConfig, ModelConfig, PlanConfig
 from dynslice.models import (DEMO_MODELS, ModelIdentity, _hub_revision, classify_source, fetch_uri,
                              folder_sha256, resolve_model)
+from dynslice.errors import StateError
 from dynslice.store import ArtifactRef, ArtifactStore, stage_key
 
 log = logging.getLogger(__name__)
@@ -173,13 +174,19 @@ def slice_stage(store: ArtifactStore, model: ModelConfig, capture_ref: ArtifactR
         return ref
     start = time.perf_counter()
     state_uri = store.checkpoint_uri("slice", key)
-    resumed_from = _checkpointed_layer(store, state_uri)
+    resumed_from = _checkpointed_layer(store, key)
     loaded = resolve_model(model.source, revision=model.revision, dtype=model.dtype)
     dense = sum(p.numel() for p in {id(p): p for p in loaded.model.parameters()}.values())
     spectra: dict[str, torch.Tensor] = {}
-    sliced = slice_model(loaded.model, calibration_of(store, capture_ref), slice_plan, batch_size=batch_size,
-                         device=resolve_device(device), state_dir=state_uri, checkpoint_every=checkpoint_every,
-                         spectra=spectra)
+    run = dict(batch_size=batch_size, device=resolve_device(device), state_dir=state_uri,
+               checkpoint_every=checkpoint_every, spectra=spectra, storage_options=store.options)
+    try:
+        sliced = slice_model(loaded.model, calibration_of(store, capture_ref), slice_plan, **run)
+    except StateError as exc:  # refused before touching the model: a checkpoint this run cannot use
+        log.warning("slice %s: %s; discarding the checkpoint", key[:12], exc)
+        store.drop_checkpoint("slice", key)
+        resumed_from = 0
+        sliced = slice_model(loaded.model, calibration_of(store, capture_ref), slice_plan, **run)
     kept = {"embedding": slice_plan.widths[0],
             **{f"layer.{i}.mid": slice_plan.mid[i] for i in range(slice_plan.num_layers)},
             **{f"layer.{i}.out": slice_plan.widths[i + 1] for i in range(slice_plan.num_layers)}}
@@ -198,12 +205,9 @@ def slice_stage(store: ArtifactStore, model: ModelConfig, capture_ref: ArtifactR
     return ref
 
 
-def _checkpointed_layer(store: ArtifactStore, state_uri: str) -> int:
-    import fsspec
-
-    fs, root = fsspec.core.url_to_fs(state_uri)
+def _checkpointed_layer(store: ArtifactStore, key: str) -> int:
     try:
-        return int(json.loads(fs.cat_file(f"{root.rstrip('/')}/state.json"))["next_layer"])
+        return int(json.loads(store.fs.cat_file(store.path("checkpoints", "slice", key, "state.json")))["next_layer"])
     except (FileNotFoundError, KeyError, ValueError):
         return 0
 
@@ -227,7 +231,7 @@ def evaluate(store: ArtifactStore, model: ModelConfig, evaluation: EvaluationCon
     subject = f"slice:{slice_ref.key}" if slice_ref is not None else identify_model(model).key
     params = evaluation.model_dump()
     inputs = {"model": subject, "dtype": model.dtype, "evaluation": params, "data": _evaluation_data(evaluation),
-              "device": torch.device(device).type if evaluation.speed else None}
+              "machine": _machine(device) if evaluation.speed else None}
     key = stage_key("evaluate", VERSIONS["evaluate"], inputs)
     if ref := _hit(store, "evaluate", key):
         return ref
@@ -244,6 +248,18 @@ def evaluate(store: ArtifactStore, model: ModelConfig, evaluation: EvaluationCon
               **summarize(entry)}
     files = {"evaluation.json": json.dumps(report, indent=2, sort_keys=True, default=str).encode()}
     return store.publish("evaluate", key, inputs=inputs, result=_timed(result, start), files=files)
+
+
+def _machine(device: str) -> dict[str, str]:
+    """Speed depends on the exact hardware and software, so speed results are keyed on them."""
+    import platform
+
+    import transformers
+
+    kind = torch.device(device)
+    name = torch.cuda.get_device_name(kind) if kind.type == "cuda" else (platform.processor() or platform.machine())
+    return {"device": kind.type, "name": name, "threads": str(torch.get_num_threads()), "torch": torch.__version__,
+            "transformers": transformers.__version__}
 
 
 def _evaluation_data(evaluation: EvaluationConfig) -> dict[str, Any]:

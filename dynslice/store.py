@@ -95,6 +95,7 @@ class ArtifactStore:
             uri = "file://" + str(Path(uri).expanduser().resolve())
         self.uri = uri.rstrip("/")
         options = dict(storage_options or {})
+        self.options = dict(options)  # for other readers of this store (e.g. the slicing checkpoints)
         if self.uri.startswith("file://"):
             options.setdefault("auto_mkdir", True)  # local writes create their folders, like object stores
         self.fs, self.root = fsspec.core.url_to_fs(self.uri, **options)
@@ -145,6 +146,8 @@ class ArtifactStore:
         folder = Path(folder)
         for name, digest in ref.files.items():
             target = folder / name
+            if not target.resolve().is_relative_to(folder.resolve()):
+                raise StoreError(f"{ref.stage}/{ref.key[:12]}: file name {name!r} escapes {folder}")
             if target.exists() and sha256_file(target) == digest:
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -168,6 +171,14 @@ class ArtifactStore:
             log.warning("manifest %s is corrupt: recomputing %s", path, stage)
             return None
         files = {name: entry["sha256"] for name, entry in manifest.get("files", {}).items()}
+        try:  # a manifest in a shared bucket is untrusted input: names become local paths on fetch
+            for name, digest in files.items():
+                for part in name.split("/"):
+                    _check_name("file name", part)
+                _check_name("blob", digest)
+        except StoreError as exc:
+            log.warning("manifest %s is malformed (%s): recomputing %s", path, exc, stage)
+            return None
         for name, digest in files.items():
             if not self._blob_ok(digest):
                 log.warning("%s/%s: file %s is missing or fails its sha256: recomputing", stage, key[:12], name)
@@ -219,6 +230,8 @@ class ArtifactStore:
 
         Values: bytes, a local file, or a Blob of this store (copied inside the store, not downloaded)."""
         _check_name("run name", run)
+        if self.fs.exists(self.path("runs", run)):  # a re-published run must not keep files of the old one
+            self.fs.rm(self.path("runs", run), recursive=True)
         entries = {}
         for name, content in files.items():
             for part in name.split("/"):

@@ -29,11 +29,16 @@ def slice_and_select(config: CompressConfig, capture_ref: dict, plan_refs: list[
     """Slice every plan (fanned out), score each on held-out perplexity, return the best (plan, slice)."""
     c = config
     store = store_spec(c.store, c.store_block)
-    slices = slice_.map(unmapped(store), unmapped(c.model), unmapped(capture_ref), plan_refs,
+    plans = [_value(p) for p in plan_refs]
+    # plans with the same widths give the same sliced model (one slice key): slice each once
+    unique = list({(tuple(p["result"]["widths"]), tuple(p["result"]["mid"])): p for p in plans}.values())
+    slices = slice_.map(unmapped(store), unmapped(c.model), unmapped(capture_ref), unique,
                         unmapped(c.calibration.batch_size), unmapped(c.device), unmapped(c.checkpoint_every))
     checks = evaluate.map(unmapped(store), unmapped(c.model), unmapped(selection_eval(c)), unmapped(c.device),
                           slices)
-    scored = [(_value(p), s.result(), e.result()) for p, s, e in zip(plan_refs, slices, checks)]
+    by_widths = {(tuple(p["result"]["widths"]), tuple(p["result"]["mid"])): (s.result(), e.result())
+                 for p, s, e in zip(unique, slices, checks)}
+    scored = [(p, *by_widths[(tuple(p["result"]["widths"]), tuple(p["result"]["mid"]))]) for p in plans]
     best = min(scored, key=lambda item: item[2]["result"]["perplexity"])
     return best[0], best[1], scored
 

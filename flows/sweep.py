@@ -6,6 +6,7 @@ import itertools
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
+from prefect.task_runners import ThreadPoolTaskRunner
 
 from dynslice import report
 from dynslice.config import SweepConfig
@@ -27,7 +28,8 @@ def grid_points(config: SweepConfig) -> list[dict]:
     return points
 
 
-@flow(name="sweep", log_prints=True)
+# one slicing run at a time by default (one accelerator); `dynslice run sweep --workers N` fans out wider
+@flow(name="sweep", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=1))
 def sweep(config: SweepConfig = SweepConfig()) -> dict:
     c = config
     store = store_spec(c.store, c.store_block)

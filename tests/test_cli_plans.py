@@ -18,7 +18,8 @@ def test_score_plan_slice(tmp_path, capsys):
                  "--nsamples", "4", "--seqlen", "32", "--plot", str(plot)]) == 0
     scores = dynslice.LayerScores.from_json(scores_json.read_text())
     assert scores.num_layers == 3 and scores.num_tokens == 4 * 32 and scores.metric == "cosine"
-    assert scores.provenance["model"]["id"] == str(folder)
+    from dynslice.models import folder_sha256
+    assert scores.provenance["model"]["id"] == f"sha256:{folder_sha256(folder)}"  # content identity, not a path
     assert calib in scores.provenance["data"]["id"]
     assert plot.read_bytes().startswith(b"\x89PNG")
 
@@ -30,7 +31,7 @@ def test_score_plan_slice(tmp_path, capsys):
         plan = dynslice.SlicePlan.from_json(plan_json.read_text())
         expected = dynslice.planners.dynamic(scores, 0.25, 0.1, budget=budget, round_to=4)
         assert plan == expected
-        assert plan.provenance["budget"] == budget and plan.provenance["model"]["id"] == str(folder)
+        assert plan.provenance["budget"] == budget and plan.provenance["model"]["id"] == scores.provenance["model"]["id"]
         assert f"mean slicing {plan.provenance['achieved_mean_slicing']:.4f}" in capsys.readouterr().out
 
     out = tmp_path / "sliced"

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from dynslice.commands import positive_int
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("run", help="run the compress or sweep flow",
@@ -15,7 +17,7 @@ def add_parser(sub) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="override one value, e.g. --set plan.target=0.3 (repeatable)")
     p.add_argument("--store", help="shortcut for --set store=URI")
-    p.add_argument("--workers", type=int, default=1, help="sweep: slicing runs at a time")
+    p.add_argument("--workers", type=positive_int, default=1, help="sweep: slicing runs at a time")
     p.set_defaults(func=run)
 
 

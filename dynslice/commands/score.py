@@ -5,22 +5,25 @@ from __future__ import annotations
 import argparse
 import logging
 
+from dynslice.commands import positive_int
+
 log = logging.getLogger(__name__)
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("score", help="score each decoder layer's redundancy on calibration text",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", required=True, help="local transformers folder")
+    p.add_argument("--model", required=True,
+                   help="transformers folder, .gguf file, fsspec URI, hub id or demo name (smollm2-135m)")
     p.add_argument("--calib", required=True,
                    help="calibration data: a .txt/.jsonl/.parquet file or folder, a hub dataset name, an fsspec "
                         "URI, or the demo `wiki`")
     p.add_argument("--out", required=True, help="scores.json to write (path or fsspec URI)")
     p.add_argument("--metric", default="cosine", choices=["cosine", "angular"])
-    p.add_argument("--nsamples", type=int, default=32, help="calibration windows")
-    p.add_argument("--seqlen", type=int, default=256, help="tokens per window")
+    p.add_argument("--nsamples", type=positive_int, default=32, help="calibration windows")
+    p.add_argument("--seqlen", type=positive_int, default=256, help="tokens per window")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=positive_int, default=8)
     p.add_argument("--device", default=None, help="compute device, e.g. cuda (default: where the model is)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "float64"])
     p.add_argument("--plot", default=None, help="also write the scores as a PNG here")
@@ -29,18 +32,17 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import fsspec
-    import torch
-    import transformers
 
     from dynslice import plot_scores, score_layers
     from dynslice.data import calibration_windows
+    from dynslice.models import resolve_model
 
-    tokenizer = transformers.AutoTokenizer.from_pretrained(args.model)
-    model = transformers.AutoModelForCausalLM.from_pretrained(args.model, dtype=getattr(torch, args.dtype))
+    loaded = resolve_model(args.model, dtype=args.dtype)
+    model, tokenizer = loaded.model, loaded.tokenizer
     calibration = calibration_windows(args.calib, tokenizer, args.nsamples, args.seqlen, seed=args.seed).as_dict()
     data_id = f"{args.calib} (windows: n={args.nsamples}, seqlen={args.seqlen}, seed={args.seed})"
     scores = score_layers(model, calibration, metric=args.metric, batch_size=args.batch_size,
-                          device=args.device, model_id=args.model, data_id=data_id)
+                          device=args.device, model_id=loaded.identity.key, data_id=data_id)
     with fsspec.open(args.out, "w", encoding="utf-8") as f:
         f.write(scores.to_json() + "\n")
     if args.plot:

@@ -5,13 +5,16 @@ from __future__ import annotations
 import argparse
 import logging
 
+from dynslice.commands import positive_int
+
 log = logging.getLogger(__name__)
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("slice", help="slice a model and save it in the sliced-model format",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", required=True, help="local transformers folder")
+    p.add_argument("--model", required=True,
+                   help="transformers folder, .gguf file, fsspec URI, hub id or demo name (smollm2-135m)")
     p.add_argument("--calib", required=True,
                    help="calibration data: a .txt/.jsonl/.parquet file or folder, a hub dataset name, an fsspec "
                         "URI, or the demo `wiki`")
@@ -19,10 +22,10 @@ def add_parser(sub) -> None:
     width.add_argument("--sparsity", type=float, help="constant slicing fraction in [0, 1)")
     width.add_argument("--plan", help="plan.json written by `dynslice plan`")
     p.add_argument("--out", required=True, help="output folder or fsspec URI")
-    p.add_argument("--nsamples", type=int, default=32, help="calibration windows")
-    p.add_argument("--seqlen", type=int, default=256, help="tokens per window")
+    p.add_argument("--nsamples", type=positive_int, default=32, help="calibration windows")
+    p.add_argument("--seqlen", type=positive_int, default=256, help="tokens per window")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=positive_int, default=8)
     p.add_argument("--round-to", type=int, default=8, help="widths are multiples of this")
     p.add_argument("--device", default=None, help="compute device, e.g. cuda (default: where the model is)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "float64"])
@@ -32,22 +35,23 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import fsspec
-    import torch
-    import transformers
 
     from dynslice import SlicePlan, save_sliced, slice_model
     from dynslice.data import calibration_windows
+    from dynslice.errors import PlanError
+    from dynslice.models import resolve_model
 
-    config = transformers.AutoConfig.from_pretrained(args.model)  # the plan is checked before any loading
     if args.plan:
         with fsspec.open(args.plan, "r", encoding="utf-8") as f:
             plan = SlicePlan.from_json(f.read())
-    else:
+    elif not 0.0 <= args.sparsity < 1.0:  # refused before anything is loaded
+        raise PlanError(f"sparsity must be in [0, 1), got {args.sparsity}")
+    loaded = resolve_model(args.model, dtype=args.dtype)
+    model, tokenizer, config = loaded.model, loaded.tokenizer, loaded.model.config
+    if not args.plan:
         plan = SlicePlan.constant(config.num_hidden_layers, config.hidden_size, args.sparsity, args.round_to)
     plan.check(config)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(args.model)
     calibration = calibration_windows(args.calib, tokenizer, args.nsamples, args.seqlen, seed=args.seed).as_dict()
-    model = transformers.AutoModelForCausalLM.from_pretrained(args.model, dtype=getattr(torch, args.dtype))
     dense = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
     slice_model(model, calibration, plan, batch_size=args.batch_size, device=args.device,
                 state_dir=args.state_dir)

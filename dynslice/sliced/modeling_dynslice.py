@@ -211,8 +211,10 @@ def sliced_class(base_name: str) -> type:
             base.__init__(self, config, *args, **kwargs)
             apply_structure(self, config.dynslice)
 
-        _SLICED_CLASSES[base_name] = type(f"Sliced{base_name}", (base,), {"__init__": __init__,
-                                                                       "__module__": __name__})
+        _SLICED_CLASSES[base_name] = type(f"Sliced{base_name}", (base,), {
+            "__init__": __init__, "__module__": __name__,
+            # a block carries its shortcut: never split one across devices (device_map="auto")
+            "_no_split_modules": ["SequentialBlock", "ParallelBlock"]})
     return _SLICED_CLASSES[base_name]
 
 
