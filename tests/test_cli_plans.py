@@ -31,7 +31,8 @@ def test_score_plan_slice(tmp_path, capsys):
         plan = dynslice.SlicePlan.from_json(plan_json.read_text())
         expected = dynslice.planners.dynamic(scores, 0.25, 0.1, budget=budget, round_to=4)
         assert plan == expected
-        assert plan.provenance["budget"] == budget and plan.provenance["model"]["id"] == scores.provenance["model"]["id"]
+        assert plan.provenance["budget"] == budget
+        assert plan.provenance["model"]["id"] == scores.provenance["model"]["id"]
         assert f"mean slicing {plan.provenance['achieved_mean_slicing']:.4f}" in capsys.readouterr().out
 
     out = tmp_path / "sliced"

@@ -45,3 +45,24 @@ def test_schema_is_a_form():
     schema = CompressConfig.model_json_schema()
     assert schema["additionalProperties"] is False
     assert {"model", "calibration", "plan", "evaluation", "store"} <= set(schema["properties"])
+
+
+@pytest.mark.parametrize("selection,message", [
+    ({"source": "wiki", "split": None}, "must name a held-out split"),
+    ({"source": "wiki", "split": "test"}, "must not be `test`"),
+    ({"source": "eval.txt", "split": None}, "must differ from the evaluation"),
+])
+def test_selection_is_held_out(selection, message):
+    data = {"selection": selection, "evaluation": {"ppl": "eval.txt"}}
+    with pytest.raises(ConfigError, match=message):
+        load_config(data)
+    assert load_config({"selection": {"source": "heldout.txt", "split": None}}).selection.split is None
+
+
+def test_bad_yaml_and_missing_files_are_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        read_config(str(tmp_path / "nope.yaml"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("plan: {target: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        read_config(str(bad))

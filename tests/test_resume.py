@@ -97,3 +97,27 @@ def test_state_on_an_fsspec_uri():
     for name, values in reference_spectra.items():
         assert torch.equal(resumed_spectra[name], values), name
         assert values.shape == (32,) and bool((values[:-1] >= values[1:]).all())  # sorted, decreasing
+
+
+def test_resume_with_the_same_weights_from_another_folder(tmp_path):
+    """The state matches weights, not paths: a worker with another cache path resumes the same run."""
+    import transformers
+
+    source = tiny_model("llama", dtype=torch.float32)
+    for name in ("a", "b"):
+        source.save_pretrained(tmp_path / name)
+    cal, plan, state = calibration(), uneven_plan(source.config), str(tmp_path / "state")
+    crashed = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "a")
+    _count_attention_calls(crashed, [], crash_at=2)
+    with pytest.raises(Crash):
+        dynslice.slice_model(crashed, cal, plan, state_dir=state, progress=False)
+    resumed, visited = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "b"), []
+    _count_attention_calls(resumed, visited)
+    dynslice.slice_model(resumed, cal, plan, state_dir=state, progress=False)
+    assert visited[0] == 2
+
+    changed = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "b")
+    with torch.no_grad():
+        changed.model.layers[1].mlp.down_proj.weight.mul_(1.5)  # other weights: the state is refused
+    with pytest.raises(dynslice.StateError, match="another run"):
+        dynslice.slice_model(changed, cal, plan, state_dir=state, progress=False)

@@ -60,3 +60,11 @@ def test_signals_on_another_device_give_the_same_model():
     dynslice.slice_model(b, calibration(), plan, progress=False, device="cpu", signal_device="cpu")
     for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(pa, pb), name
+
+
+def test_zero_pads_clears_non_finite_values():
+    from dynslice.compress import zero_pads
+
+    x = torch.tensor([[[1.0, 2.0], [float("nan"), float("inf")]]])
+    out = zero_pads(x, torch.tensor([[1, 0]]))
+    assert torch.equal(out, torch.tensor([[[1.0, 2.0], [0.0, 0.0]]]))

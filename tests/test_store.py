@@ -71,3 +71,23 @@ def test_stage_key_depends_on_every_input():
     assert base != stage_key("score", "2", {"capture": "c", "metric": "cosine"})  # code version
     assert base != stage_key("score", "1", {"capture": "c", "metric": "angular"})
     assert base != stage_key("plan", "1", {"capture": "c", "metric": "cosine"})
+
+
+def test_a_manifest_cannot_write_outside_the_fetch_folder(store, tmp_path):
+    """A shared bucket is untrusted: a crafted file name in a manifest is a miss, never a write elsewhere."""
+    ref = store.publish("slice", "k", inputs={}, result={}, files={"model/w.bin": b"weights"})
+    manifest = store.manifest(ref)
+    manifest["files"] = {"model/../../../evil.sh": manifest["files"]["model/w.bin"]}
+    store.fs.pipe_file(store.path("manifests", "slice", "k.json"), json.dumps(manifest).encode())
+    assert store.lookup("slice", "k") is None
+    forged = type(ref)("slice", "k", store.uri, {"../evil.sh": ref.files["model/w.bin"]})
+    with pytest.raises(StoreError, match="escapes"):
+        store.fetch(forged, tmp_path / "fetch")
+    assert not (tmp_path / "evil.sh").exists()
+
+
+def test_republishing_a_run_drops_its_old_files(store):
+    store.export("run", {"model/model.safetensors": b"old single file"})
+    store.export("run", {"model/model-00001-of-00002.safetensors": b"new",
+                         "model/model-00002-of-00002.safetensors": b"2"})
+    assert not store.fs.exists(store.path("runs", "run", "model", "model.safetensors"))

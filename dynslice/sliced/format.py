@@ -83,7 +83,13 @@ def load_sliced(path: str | os.PathLike, device: str | torch.device | None = Non
     Extra keyword arguments (e.g. attn_implementation) go to transformers' from_pretrained.
     """
     path = str(path)
-    path = _local_copy(path) if _is_remote(path) else path.removeprefix("file://")
+    if _is_remote(path):
+        local = _local_copy(path)
+        try:
+            return load_sliced(local, device, dtype, **from_pretrained_kwargs)
+        finally:
+            shutil.rmtree(local, ignore_errors=True)  # the weights are in memory now
+    path = path.removeprefix("file://")
     config = transformers.AutoConfig.from_pretrained(path)
     meta = getattr(config, "dynslice", None)
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
