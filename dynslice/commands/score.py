@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from dynslice.commands import positive_int
+from dynslice.commands import add_model_and_calibration
 
 log = logging.getLogger(__name__)
 
@@ -13,19 +13,9 @@ log = logging.getLogger(__name__)
 def add_parser(sub) -> None:
     p = sub.add_parser("score", help="score each decoder layer's redundancy on calibration text",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", required=True,
-                   help="transformers folder, .gguf file, fsspec URI, hub id or demo name (smollm2-135m)")
-    p.add_argument("--calib", required=True,
-                   help="calibration data: a .txt/.jsonl/.parquet file or folder, a hub dataset name, an fsspec "
-                        "URI, or the demo `wiki`")
+    add_model_and_calibration(p)
     p.add_argument("--out", required=True, help="scores.json to write (path or fsspec URI)")
     p.add_argument("--metric", default="cosine", choices=["cosine", "angular"])
-    p.add_argument("--nsamples", type=positive_int, default=32, help="calibration windows")
-    p.add_argument("--seqlen", type=positive_int, default=256, help="tokens per window")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=positive_int, default=8)
-    p.add_argument("--device", default=None, help="compute device, e.g. cuda (default: where the model is)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "float64"])
     p.add_argument("--plot", default=None, help="also write the scores as a PNG here")
     p.set_defaults(func=run)
 

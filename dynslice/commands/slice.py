@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from dynslice.commands import positive_int
+from dynslice.commands import add_model_and_calibration
 
 log = logging.getLogger(__name__)
 
@@ -13,22 +13,12 @@ log = logging.getLogger(__name__)
 def add_parser(sub) -> None:
     p = sub.add_parser("slice", help="slice a model and save it in the sliced-model format",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", required=True,
-                   help="transformers folder, .gguf file, fsspec URI, hub id or demo name (smollm2-135m)")
-    p.add_argument("--calib", required=True,
-                   help="calibration data: a .txt/.jsonl/.parquet file or folder, a hub dataset name, an fsspec "
-                        "URI, or the demo `wiki`")
+    add_model_and_calibration(p)
     width = p.add_mutually_exclusive_group(required=True)
     width.add_argument("--sparsity", type=float, help="constant slicing fraction in [0, 1)")
     width.add_argument("--plan", help="plan.json written by `dynslice plan`")
     p.add_argument("--out", required=True, help="output folder or fsspec URI")
-    p.add_argument("--nsamples", type=positive_int, default=32, help="calibration windows")
-    p.add_argument("--seqlen", type=positive_int, default=256, help="tokens per window")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=positive_int, default=8)
     p.add_argument("--round-to", type=int, default=8, help="widths are multiples of this")
-    p.add_argument("--device", default=None, help="compute device, e.g. cuda (default: where the model is)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "float64"])
     p.add_argument("--state-dir", default=None, help="resumable loop state (folder or fsspec URI)")
     p.set_defaults(func=run)
 
