@@ -6,8 +6,8 @@ The library is plain PyTorch + transformers; it never imports Prefect.
 from dynslice import planners
 from dynslice.architectures import ArchSpec, spec_for, supported
 from dynslice.compress import slice_model
-from dynslice.errors import (CalibrationError, DynsliceError, PlanError, ScoreError, StateError,
-                             UnsupportedArchitectureError)
+from dynslice.errors import (AssetError, CalibrationError, DataError, DynsliceError, EvaluationError, PlanError,
+                             ScoreError, SourceError, StateError, UnsupportedArchitectureError)
 from dynslice.plan import SlicePlan
 from dynslice.plots import plot_plan, plot_scores
 from dynslice.removal import remove_layers
@@ -17,7 +17,8 @@ from dynslice.sliced.format import load_sliced, save_sliced
 __version__ = "0.1.0"
 
 __all__ = [
-    "ArchSpec", "CalibrationError", "DynsliceError", "LayerScores", "PlanError", "ScoreError", "SlicePlan",
+    "ArchSpec", "AssetError", "CalibrationError", "DataError", "DynsliceError", "EvaluationError", "SourceError",
+    "LayerScores", "PlanError", "ScoreError", "SlicePlan",
     "StateError", "UnsupportedArchitectureError", "load_sliced", "planners", "plot_plan", "plot_scores",
     "remove_layers", "save_sliced", "score_layers", "slice_model", "spec_for", "supported",
 ]

@@ -183,11 +183,11 @@ def test_gguf_load_helper_rejects_garbage(tmp_path):
 
 @pytest.mark.slow
 def test_cached_smollm2_gguf_matches_the_converted_folder():
+    from dynslice.assets import fetch_assets
     from dynslice.cache import cache_root
 
+    fetch_assets(["smollm2-135m", "smollm2-135m-gguf"])  # idempotent: downloads only the first time
     gguf = cache_root() / "models/smollm2-135m-gguf/SmolLM2-135M-Instruct.Q4_1.gguf"
-    if not gguf.is_file():
-        pytest.skip("run `dynslice assets fetch` first")
     from_gguf = resolve_model(gguf)
     from_folder = resolve_model("smollm2-135m")
     ids = from_folder.tokenizer("The capital of France is", return_tensors="pt").input_ids

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ import transformers
 import yaml
 
 from conftest import TEXT, model_folder, tiny_tokenizer
+from s3server import s3_server
 from dynslice.config import load_config
 from dynslice.store import ArtifactStore
 
@@ -183,55 +183,36 @@ def test_sigkill_mid_slicing_resumes_to_identical_bytes(tmp_path):
         resumed["files"]["model/model.safetensors"]["sha256"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def s3_server():
-    from moto.server import ThreadedMotoServer
-
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    env = {"AWS_ACCESS_KEY_ID": "team-key", "AWS_SECRET_ACCESS_KEY": "team-secret",
-           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
-    yield env
-    server.stop()
-
-
-def test_s3_store_shared_by_two_fresh_processes(workspace, s3_server):
-    import s3fs
-
+def test_s3_store_shared_by_two_fresh_processes(workspace, monkeypatch):
     ws = workspace
     (ws / "eval.txt").write_text(TEXT[::-1])
-    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_server["AWS_ENDPOINT_URL"]},
-                           key=s3_server["AWS_ACCESS_KEY_ID"], secret=s3_server["AWS_SECRET_ACCESS_KEY"])
-    fs.mkdir("team-bucket")
-    (ws / "cfg.yaml").write_text(yaml.safe_dump(config(ws, store="s3://team-bucket/dynslice")))
+    with s3_server(monkeypatch) as (fs, bucket):  # credentials and endpoint in the environment only
+        _two_processes_share_the_bucket(ws, fs, bucket)
 
+
+def _two_processes_share_the_bucket(ws, fs, bucket: str) -> None:
+    (ws / "cfg.yaml").write_text(yaml.safe_dump(config(ws, store=f"s3://{bucket}/dynslice")))
+    secret = os.environ["AWS_SECRET_ACCESS_KEY"]
     outputs = []
     for name in ("first", "second"):  # separate PREFECT_HOMEs: no shared Prefect database
-        proc = _cli(["run", "compress", "--config", str(ws / "cfg.yaml")], _fresh_env(ws, name, **s3_server))
+        proc = _cli(["run", "compress", "--config", str(ws / "cfg.yaml")], _fresh_env(ws, name))
         output, _ = proc.communicate(timeout=600)
         assert proc.returncode == 0, output
         outputs.append(output)
 
     fs.invalidate_cache()
-    keys = fs.find("team-bucket/dynslice")
+    keys = fs.find(f"{bucket}/dynslice")
     for stage in ("capture", "score", "plan", "slice", "evaluate"):
-        assert any(k.startswith(f"team-bucket/dynslice/manifests/{stage}/") for k in keys), stage
-    assert any(k.startswith("team-bucket/dynslice/blobs/") for k in keys)
+        assert any(k.startswith(f"{bucket}/dynslice/manifests/{stage}/") for k in keys), stage
+    assert any(k.startswith(f"{bucket}/dynslice/blobs/") for k in keys)
     assert any(k.endswith("/report.md") and "/runs/" in k for k in keys)
     assert any(k.endswith("/model/model.safetensors") and "/runs/" in k for k in keys)
     assert outputs[0].count("Cached(") == 0
     assert outputs[1].count("Cached(") == 6  # capture, score, plan, slice and both evaluations
-    assert "team-secret" not in "".join(outputs)
+    assert secret not in "".join(outputs)
     for key in keys:
         if key.endswith(".json") or key.endswith(".md"):
-            assert b"team-secret" not in fs.cat_file(key)
+            assert secret.encode() not in fs.cat_file(key)
 
 
 def test_sweep_shares_capture_and_picks_the_lowest_held_out_perplexity(workspace):
