@@ -42,6 +42,29 @@ class StoreError(DynsliceError):
     """A store URI, key or artifact is malformed."""
 
 
+def _version_stamp(info: dict) -> str | None:
+    """What changes whenever an object is rewritten: its size with its ETag (object stores) or mtime."""
+    version = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified")
+    return None if version is None else f"{info.get('size')}:{version}"
+
+
+def _verified_memo(store_uri: str, digest: str) -> Path:
+    from dynslice.cache import cache_root
+
+    name = hashlib.sha256(f"{store_uri}\0{digest}".encode()).hexdigest()
+    return cache_root() / "verified-blobs" / name[:2] / name
+
+
+def _remember(memo: Path, stamp: str) -> None:
+    try:
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memo.with_name(f".{memo.name}.{uuid.uuid4().hex}")
+        tmp.write_text(stamp)
+        os.replace(tmp, memo)
+    except OSError as exc:  # a read-only cache only costs speed
+        log.debug("cannot record a verified blob in %s: %s", memo, exc)
+
+
 def canonical_json(data: Any) -> str:
     return json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
 
@@ -122,14 +145,29 @@ class ArtifactStore:
         return digest
 
     def _blob_ok(self, digest: str) -> bool:
+        """The blob exists and hashes to its name. A full hash reads the whole object (a download, on S3), so
+        a success is remembered locally against the object's version stamp (size + ETag, or size + mtime):
+        a rewritten object has a new stamp and is hashed again."""
+        path = self.path("blobs", digest)
+        try:
+            stamp = _version_stamp(self.fs.info(path))
+        except FileNotFoundError:
+            return False
+        memo = _verified_memo(self.uri, digest)
+        if stamp is not None and memo.is_file() and memo.read_text() == stamp:
+            return True
         h = hashlib.sha256()
         try:
-            with self.fs.open(self.path("blobs", digest), "rb", block_size=_CHUNK) as f:
+            with self.fs.open(path, "rb", block_size=_CHUNK) as f:
                 while chunk := f.read(_CHUNK):
                     h.update(chunk)
         except FileNotFoundError:
             return False
-        return h.hexdigest() == digest
+        if h.hexdigest() != digest:
+            return False
+        if stamp is not None:
+            _remember(memo, stamp)
+        return True
 
     def read_bytes(self, ref: ArtifactRef, name: str) -> bytes:
         digest = ref.files[name]

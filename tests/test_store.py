@@ -91,3 +91,26 @@ def test_republishing_a_run_drops_its_old_files(store):
     store.export("run", {"model/model-00001-of-00002.safetensors": b"new",
                          "model/model-00002-of-00002.safetensors": b"2"})
     assert not store.fs.exists(store.path("runs", "run", "model", "model.safetensors"))
+
+
+def test_verified_blobs_are_not_read_again_until_rewritten(store, monkeypatch, tmp_path):
+    """A hit on a big artifact must not download it each time; a rewritten blob is hashed again."""
+    monkeypatch.setenv("DYNSLICE_CACHE", str(tmp_path / "cache"))
+    ref = store.publish("slice", "k", inputs={}, result={}, files={"model.bin": b"weights" * 1000})
+    assert store.lookup("slice", "k") is not None  # hashes the blob once and remembers it
+    opened = []
+    real_open = store.fs.open
+    def counting_open(path, *args, **kwargs):
+        if "/blobs/" in path:
+            opened.append(path)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(store.fs, "open", counting_open)
+    assert store.lookup("slice", "k") is not None
+    assert opened == []  # served by the memo: same size and mtime as when it was verified
+    blob = store.path("blobs", ref.files["model.bin"])
+    data = bytearray(store.fs.cat_file(blob))
+    data[10] ^= 0x01
+    store.fs.pipe_file(blob, bytes(data))  # same size, new mtime
+    assert store.lookup("slice", "k") is None
+    assert opened  # it was read and hashed again
