@@ -26,12 +26,19 @@ def as_config(config) -> transformers.PretrainedConfig:
                     f"got {type(config).__name__}")
 
 
-@lru_cache(maxsize=16)
-def _table(config_json: str) -> tuple[int, tuple[int, ...]]:
+@lru_cache(maxsize=8)
+def meta_model(config_json: str) -> tuple[transformers.PreTrainedModel, object]:
+    """The dense model of a config on the meta device (shapes, no memory) and its ArchSpec; read-only: shared
+    by every parameter count (dense here, sliced in `SlicePlan.num_parameters`)."""
     config = transformers.AutoConfig.for_model(**json.loads(config_json))
-    spec = spec_for_config(config)
     with torch.device("meta"):
         model = transformers.AutoModelForCausalLM.from_config(config)
+    return model, spec_for_config(config)
+
+
+@lru_cache(maxsize=16)
+def _table(config_json: str) -> tuple[int, tuple[int, ...]]:
+    model, spec = meta_model(config_json)
     total = sum(p.numel() for p in model.parameters())  # parameters() yields a tied weight once
     per_layer = tuple(sum(p.numel() for p in layer.parameters()) for layer in get_path(model, spec.layers))
     return total, per_layer

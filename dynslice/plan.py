@@ -125,16 +125,11 @@ def _topology(config) -> str:
 @lru_cache(maxsize=16)
 def _shape_table(config_json: str) -> dict:
     """Parameter counts of a model family that do not depend on the widths, read off a meta-device model."""
-    import torch
-    import transformers
-
-    from dynslice.architectures import get_path, spec_for_config
+    from dynslice.architectures import get_path
+    from dynslice.counts import meta_model
     from dynslice.sliced.modeling_dynslice import reads_norm_with_bias
 
-    config = transformers.AutoConfig.for_model(**json.loads(config_json))
-    spec = spec_for_config(config)
-    with torch.device("meta"):
-        model = transformers.AutoModelForCausalLM.from_config(config)
+    model, spec = meta_model(config_json)
     biased = reads_norm_with_bias(spec.to_dict())
 
     counted: set[int] = set()

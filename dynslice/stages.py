@@ -87,7 +87,7 @@ def capture(store: ArtifactStore, model: ModelConfig, calibration: CalibrationCo
     if ref := _hit(store, "capture", key):
         return ref
     start = time.perf_counter()
-    loaded = resolve_model(model.source, revision=model.revision, dtype=model.dtype)
+    loaded = resolve_model(model.source, revision=model.revision, dtype=model.dtype, tokenizer=tokenizer)
     scores = score_all_metrics(loaded.model, sample.as_dict(), batch_size=calibration.batch_size,
                                device=resolve_device(device), model_id=identity.key,
                                data_id=sample.identity.key)
