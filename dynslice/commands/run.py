@@ -27,6 +27,8 @@ def run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides) + ([f"store={args.store}"] if args.store else [])
     config = read_config(args.config, SweepConfig if args.flow == "sweep" else CompressConfig, overrides)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no calls home from offline machines
+    # a fresh temporary server migrates its SQLite database first: ~30 s on 2 busy cores, past Prefect's 20 s
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     if args.flow == "compress":
         from flows.compress import compress
 
