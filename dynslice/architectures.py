@@ -14,7 +14,6 @@ from typing import Any
 from torch import nn
 
 from dynslice.errors import UnsupportedArchitectureError
-from dynslice.sliced.modeling_dynslice import get_path, set_path  # noqa: F401  (re-exported)
 
 
 @dataclass(frozen=True)
@@ -119,6 +118,13 @@ def supported() -> list[str]:
     return sorted(REGISTRY)
 
 
+def _optional_submodule(model: nn.Module, path: str) -> nn.Module | None:
+    try:
+        return model.get_submodule(path)
+    except AttributeError:  # missing, or set to None (e.g. OPT's project_in when the widths match)
+        return None
+
+
 def spec_for(model: nn.Module) -> ArchSpec:
     """The spec of `model`, after checking the options the mapping relies on."""
     name = type(model).__name__
@@ -132,7 +138,7 @@ def spec_for(model: nn.Module) -> ArchSpec:
             raise UnsupportedArchitectureError(f"{name} with {attr}={getattr(config, attr)!r} is not supported "
                                                f"(rotate-and-slice needs {attr}={want!r})")
     for path in spec.absent:
-        if get_path(model, path, None) is not None:
+        if _optional_submodule(model, path) is not None:
             raise UnsupportedArchitectureError(f"{name} with a `{path}` module is not supported")
     return spec
 

@@ -27,10 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dynslice.cache import cache_root, sha256_file
+from dynslice.hashing import sha256_file
+from dynslice.locations import cache_root
 from dynslice.data import DEMO_DATA
 from dynslice.errors import AssetError
-from dynslice.models import DEMO_MODELS
+from dynslice.sources import DEMO_MODELS
 
 log = logging.getLogger(__name__)
 
@@ -287,7 +288,7 @@ def fetch_assets(names: list[str] | None = None, *, cache_dir: str | os.PathLike
 def _zero_shot_task(cache: Path) -> dict[str, dict[str, Any]]:
     """The offline MMLU-exemplar task, when lm-eval is installed (it ships the exemplars)."""
     from dynslice.errors import EvaluationError
-    from dynslice.evaluation.tasks import MMLU_TASK, mmlu_exemplar_task
+    from dynslice.evaluation.local_tasks import MMLU_TASK, mmlu_exemplar_task
 
     try:
         config = mmlu_exemplar_task(cache)

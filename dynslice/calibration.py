@@ -16,16 +16,9 @@ class Calibration:
     input_ids: torch.Tensor  # [N, T] int64
     attention_mask: torch.Tensor  # [N, T] int64, 1 = real token
 
-    @property
-    def num_tokens(self) -> int:
-        return int(self.attention_mask.sum())
-
     def batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for start in range(0, self.input_ids.shape[0], batch_size):
             yield (self.input_ids[start:start + batch_size], self.attention_mask[start:start + batch_size])
-
-    def num_batches(self, batch_size: int) -> int:
-        return -(-self.input_ids.shape[0] // batch_size)
 
     def fingerprint(self) -> str:
         h = hashlib.sha256()
@@ -68,3 +61,10 @@ def as_calibration(calibration, vocab_size: int | None = None) -> Calibration:
             raise CalibrationError(f"token ids must be in [0, {vocab_size}), got "
                                    f"[{int(valid.min())}, {int(valid.max())}]")
     return Calibration(ids, mask)
+
+
+def check_batch_size(batch_size) -> int:
+    """Calibration windows per batch: a positive integer; CalibrationError otherwise."""
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise CalibrationError(f"batch_size must be a positive integer, got {batch_size!r}")
+    return batch_size

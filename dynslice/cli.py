@@ -1,6 +1,7 @@
-"""The `dynslice` command. Each subcommand lives in dynslice/commands/<name>.py and exposes
-`add_parser(subparsers)` (which sets `func`); commands that run flows import them inside the command,
-so importing the library never imports Prefect."""
+"""dynslice: compress LLMs by dynamic slicing (SliceGPT rotate-and-slice with per-layer widths).
+
+Each subcommand lives in dynslice/commands/<name>.py and exposes `add_parser(subparsers)` (which sets `func`);
+commands that run flows import them inside the command, so importing the library never imports Prefect."""
 
 from __future__ import annotations
 

@@ -10,14 +10,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from dynslice.errors import DynsliceError
+from dynslice.errors import ConfigError
 
-Dtype = Literal["float32", "bfloat16", "float16", "float64"]
+Dtype = Literal["float32", "bfloat16", "float16", "float64", "auto"]  # auto: the checkpoint's own
 _FILE_SUFFIXES = (".txt", ".jsonl", ".json", ".parquet")
-
-
-class ConfigError(DynsliceError):
-    """A configuration value is missing, misspelt or out of range."""
 
 
 class _Strict(BaseModel):
@@ -27,7 +23,8 @@ class _Strict(BaseModel):
 class ModelConfig(_Strict):
     source: str = Field("smollm2-135m", description="hub id, local folder, .gguf file, fsspec URI or demo name")
     revision: str | None = Field(None, description="hub revision (branch, tag or commit)")
-    dtype: Dtype = Field("float32", description="weights' dtype while slicing and evaluating")
+    dtype: Dtype = Field("float32", description="weights' dtype while slicing and evaluating (auto: the "
+                                                "checkpoint's own)")
 
 
 class CalibrationConfig(_Strict):
@@ -63,14 +60,32 @@ class PlanConfig(_Strict):
 
 
 class EvaluationConfig(_Strict):
-    ppl: str | None = Field("wiki", description="perplexity data (test split); null to skip")
-    ppl_split: str | None = None
-    ppl_seqlen: int = Field(256, ge=2)
-    ppl_windows: int | None = Field(64, ge=1, description="first n windows; null for all")
-    tasks: list[str] = Field(default_factory=lambda: ["mmlu_exemplars"], description="lm-eval tasks")
+    """What to measure on the dense and the sliced model (the same data and prompts for both)."""
+    ppl: str | None = Field("wiki", description="perplexity data (its test split unless ppl_split is set): a hub "
+                                                "dataset name, local file or folder, fsspec URI or demo name; "
+                                                "null to skip")
+    ppl_split: str | None = Field(None, description="split to measure perplexity on (default: the source's test split)")
+    ppl_seqlen: int = Field(256, ge=2, description="perplexity window length in tokens")
+    ppl_windows: int | None = Field(64, ge=1, description="only the first n windows; null for all")
+    field: str = Field("text", description="the text field of JSON/parquet perplexity data")
+    tasks: list[str] = Field(default_factory=lambda: ["mmlu_exemplars"],
+                             description="lm-eval tasks, local JSONL/YAML task files or folders, `mmlu_exemplars` "
+                                         "(offline) or `paper` (piqa, hellaswag, arc_easy, arc_challenge, "
+                                         "winogrande); empty to skip")
     limit: int | None = Field(100, ge=1, description="items per task; null for all")
-    speed: bool = True
-    batch_size: int = Field(8, ge=1)
+    num_fewshot: int | None = Field(None, ge=0, description="few-shot examples per task item (null: each task's own)")
+    speed: bool = Field(True, description="measure prefill tokens/s and decode ms/token")
+    prompt_len: int = Field(128, ge=1, description="speed: prompt tokens")
+    decode_tokens: int = Field(32, ge=1, description="speed: generated tokens")
+    speed_batch: int = Field(1, ge=1, description="speed: prompts per batch")
+    repeats: int = Field(3, ge=1, description="speed: timed runs (the median is reported)")
+    batch_size: int = Field(8, ge=1, description="perplexity and zero-shot batch size")
+
+    @model_validator(mode="after")
+    def _something(self):
+        if not (self.ppl or self.tasks or self.speed):
+            raise ValueError("nothing to evaluate: set ppl, tasks and/or speed")
+        return self
 
 
 class SelectionConfig(_Strict):
@@ -143,7 +158,8 @@ class SweepConfig(CompressConfig):
 
 
 def _dotted(errors) -> str:
-    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in errors)
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg'].removeprefix('Value error, ')}"
+                     for e in errors)
 
 
 def load_config(data: dict | None, cls: type[CompressConfig] = CompressConfig,

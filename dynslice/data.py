@@ -21,7 +21,8 @@ import fsspec
 import torch
 from tqdm.auto import tqdm
 
-from dynslice.cache import cache_root, sha256_bytes
+from dynslice.hashing import sha256_bytes
+from dynslice.locations import cache_root
 from dynslice.errors import DataError
 
 log = logging.getLogger(__name__)

@@ -1,8 +1,16 @@
-"""Named exceptions: every bad input is reported before any work starts, with what to do about it."""
+"""Every error dynslice raises on purpose, in one hierarchy: a caller catches `DynsliceError` for all of them.
+
+`DynsliceError` is not a `ValueError`: code that wraps third-party failures with `except (OSError, ValueError)`
+must never catch (and re-wrap) dynslice's own, already actionable, errors.
+"""
 
 
-class DynsliceError(ValueError):
-    """Base class of every error dynslice raises on purpose."""
+class DynsliceError(Exception):
+    """Base class of every error dynslice raises on purpose; its message says what to do."""
+
+
+class ConfigError(DynsliceError):
+    """A configuration value or command-line argument is missing, misspelt or out of range."""
 
 
 class UnsupportedArchitectureError(DynsliceError):
@@ -13,16 +21,16 @@ class PlanError(DynsliceError):
     """A slicing plan or target does not fit the model."""
 
 
+class ScoreError(PlanError):
+    """Layer scores are malformed (NaN, unknown metric) or do not fit the model they are used with."""
+
+
 class CalibrationError(DynsliceError):
-    """Calibration data is malformed or holds no usable token."""
+    """Calibration data (or how it is batched) is malformed or holds no usable token."""
 
 
 class StateError(DynsliceError):
     """A resumable-loop state folder belongs to another run or is incomplete."""
-
-
-class ScoreError(PlanError):
-    """Layer scores are malformed (NaN, unknown metric) or do not fit the model they are used with."""
 
 
 class SourceError(DynsliceError):
@@ -39,3 +47,7 @@ class AssetError(DynsliceError):
 
 class EvaluationError(DynsliceError):
     """An evaluation (perplexity, zero-shot, speed) was asked for with inputs it cannot use."""
+
+
+class StoreError(DynsliceError):
+    """An artifact store URI, key or artifact is malformed, or the store cannot be used."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dynslice.architectures import ArchSpec, get_path
+from dynslice.architectures import ArchSpec
 from dynslice.sliced.modeling_dynslice import reads_norm_with_bias, replace_norms, wrap_layers
 
 
@@ -50,8 +50,8 @@ def _centre_writer(linear: nn.Linear) -> None:
 
 
 def untie_head(model: nn.Module, spec: ArchSpec) -> None:
-    head = get_path(model, spec.head)
-    embedding_weights = {get_path(model, p).weight.data_ptr() for p in spec.embeddings}
+    head = model.get_submodule(spec.head)
+    embedding_weights = {model.get_submodule(p).weight.data_ptr() for p in spec.embeddings}
     if head.weight.data_ptr() in embedding_weights:
         head.weight = nn.Parameter(head.weight.data.clone(), requires_grad=False)
     model.config.tie_word_embeddings = False
@@ -64,22 +64,22 @@ def fuse_norms(model: nn.Module, spec: ArchSpec) -> None:
     arch = spec.to_dict()
     add_bias = reads_norm_with_bias(arch)
     untie_head(model, spec)
-    layers = get_path(model, spec.layers)
+    layers = model.get_submodule(spec.layers)
     if spec.norm == "layer":
         for path in spec.embeddings:
-            emb = get_path(model, path)
+            emb = model.get_submodule(path)
             emb.weight = nn.Parameter(_centre_rows(emb.weight.data), requires_grad=False)
         for layer in layers:
-            _centre_writer(get_path(layer, spec.attn_output))
-            _centre_writer(get_path(layer, spec.mlp_output))
+            _centre_writer(layer.get_submodule(spec.attn_output))
+            _centre_writer(layer.get_submodule(spec.mlp_output))
     for layer in layers:
-        attn_readers = [get_path(layer, p) for p in spec.attn_inputs]
-        mlp_readers = [get_path(layer, p) for p in spec.mlp_inputs]
+        attn_readers = [layer.get_submodule(p) for p in spec.attn_inputs]
+        mlp_readers = [layer.get_submodule(p) for p in spec.mlp_inputs]
         if spec.topology == "parallel":
-            _fold_into(get_path(layer, spec.attn_norm), attn_readers + mlp_readers, add_bias)
+            _fold_into(layer.get_submodule(spec.attn_norm), attn_readers + mlp_readers, add_bias)
         else:
-            _fold_into(get_path(layer, spec.attn_norm), attn_readers, add_bias)
-            _fold_into(get_path(layer, spec.mlp_norm), mlp_readers, add_bias)
-    _fold_into(get_path(model, spec.final_norm), [get_path(model, spec.head)], add_bias)
+            _fold_into(layer.get_submodule(spec.attn_norm), attn_readers, add_bias)
+            _fold_into(layer.get_submodule(spec.mlp_norm), mlp_readers, add_bias)
+    _fold_into(model.get_submodule(spec.final_norm), [model.get_submodule(spec.head)], add_bias)
     replace_norms(model, arch, model.config.hidden_size)
     wrap_layers(model, arch)

@@ -9,7 +9,7 @@ Two budgets:
 - budget="mean": the target t is the mean slicing fraction over the layer inputs,
   1 - sum(d_0..d_{L-1}) / (L * D) (the paper's t, `SlicePlan.mean_slicing`).
 - budget="params": the target is the fraction of parameters removed,
-  1 - plan.num_parameters(config) / P_dense, where P_dense is the number of unique parameters of the dense
+  1 - sliced_parameters(plan, config) / P_dense, where P_dense is the number of unique parameters of the dense
   model (a head tied to the embedding counted once; `dynslice.counts.dense_parameters`). The sliced model
   unties the head and adds shortcut matrices, so a plan removes fewer parameters than its mean suggests.
   The planner solves for the smallest slicing of the same shape whose reduction is >= the target; it
@@ -23,10 +23,10 @@ import hashlib
 import json
 import logging
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from dynslice.counts import as_config, dense_parameters
+from dynslice.counts import as_config, dense_parameters, sliced_parameters
 from dynslice.errors import PlanError, ScoreError
 from dynslice.plan import SlicePlan, round_width
 from dynslice.scores import LayerScores, check_values, redundancy
@@ -145,7 +145,7 @@ def _plan(widths: Sequence[int], hidden_size: int) -> SlicePlan:
 def achieved(plan: SlicePlan, config) -> dict[str, float | int]:
     """Mean slicing fraction and fraction of the dense model's parameters the plan removes."""
     config = as_config(config)
-    dense, sliced = dense_parameters(config), plan.num_parameters(config)
+    dense, sliced = dense_parameters(config), sliced_parameters(plan, config)
     return {"achieved_mean_slicing": plan.mean_slicing(config.hidden_size),
             "achieved_param_reduction": 1.0 - sliced / dense, "parameters": sliced, "dense_parameters": dense}
 
@@ -160,7 +160,7 @@ def _solve_params(build: Callable[[float], SlicePlan], config, target: float,
     dense = dense_parameters(config)
 
     def reduction(plan: SlicePlan) -> float:
-        return 1.0 - plan.num_parameters(config) / dense
+        return 1.0 - sliced_parameters(plan, config) / dense
 
     lo, hi = 0.0, float(max_slice)
     best = build(hi)
@@ -208,7 +208,7 @@ def constant(sparsity: float, config, *, budget: str = "mean", round_to: int = 8
     _check_round_to(round_to, hidden)
 
     def build(s: float) -> SlicePlan:
-        return _plan((round_width((1.0 - s) * hidden, hidden, round_to),) * layers, hidden)
+        return SlicePlan.constant(layers, hidden, s, round_to)
 
     # a uniform width can slice the stream down to one rounding step
     plan, used = (build(target), target) if budget == "mean" else _solve_params(build, config, target, 1.0 - 1e-9)
@@ -263,35 +263,28 @@ def dynamic(scores, target: float, variation: float, *, config=None, budget: str
                                   "effective_target": used, "effective_variation": ratio * used}, scores)
 
 
-def candidates(scores, target: float, variations: Iterable[float] | None = None, **kwargs) -> list[SlicePlan]:
-    """The paper's variation sweep: one `dynamic` plan per variation (default: 0, t/4, t/2, 3t/4, t).
+PLANNERS = ("constant", "dynamic")
 
-    Keyword arguments (config, budget, max_slice, round_to) go to `dynamic`.
+
+def default_variations(target: float) -> list[float]:
+    """The paper's variation sweep for a target: 0, t/4, t/2, 3t/4, t."""
+    return [target * k / 4 for k in range(5)]
+
+
+def make_plan(scores: LayerScores, planner: str, target: float, *, variation: float | None = None,
+              budget: str = "mean", round_to: int = 8, max_slice: float = 0.9) -> SlicePlan:
+    """The one planner dispatcher (CLI, pipeline, library): a plan from measured scores and the settings.
+
+    planner: constant (SliceGPT) or dynamic (the paper's mapping; `variation` required, in [0, target]).
     """
-    target = _check_fraction("target", target)
-    variations = [target * k / 4 for k in range(5)] if variations is None else list(variations)
-    if not variations:
-        raise PlanError("candidates needs at least one variation")
-    return [dynamic(scores, target, a, **kwargs) for a in variations]
-
-
-def select(results: Iterable[tuple[SlicePlan, float]], *, higher_is_better: bool = False) -> SlicePlan:
-    """The plan with the best held-out metric (lowest by default, e.g. perplexity); the first one on ties.
-
-    results: (plan, metric value) pairs, e.g. each candidate with its held-out perplexity.
-    """
-    results = list(results)
-    if not results:
-        raise PlanError("select needs at least one (plan, value) pair")
-    for k, item in enumerate(results):
-        if not (isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], SlicePlan)):
-            raise PlanError(f"result {k} is not a (SlicePlan, value) pair")
-        if not isinstance(item[1], (int, float)) or not math.isfinite(item[1]):
-            raise PlanError(f"result {k} has a non-finite metric value {item[1]!r}")
-    sign = -1.0 if higher_is_better else 1.0
-    best = min(range(len(results)), key=lambda k: (sign * results[k][1], k))
-    plan, value = results[best]
-    provenance = dict(plan.provenance, selection={
-        "value": float(value), "index": best, "num_candidates": len(results),
-        "order": "higher is better" if higher_is_better else "lower is better"})
-    return SlicePlan(widths=plan.widths, mid=plan.mid, provenance=provenance)
+    if planner not in PLANNERS:
+        raise PlanError(f"unknown planner {planner!r}; use one of {', '.join(PLANNERS)}")
+    if not scores.config:
+        raise PlanError("the scores hold no model config; measure them with score_layers (or `dynslice score`)")
+    if planner == "constant":
+        if variation not in (None, 0.0):
+            raise PlanError("a variation applies to the dynamic planner only")
+        return constant(target, scores.config, budget=budget, round_to=round_to)
+    if variation is None:
+        raise PlanError("the dynamic planner needs a variation (0 <= variation <= target)")
+    return dynamic(scores, target, variation, budget=budget, max_slice=max_slice, round_to=round_to)

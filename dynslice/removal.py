@@ -12,7 +12,7 @@ import math
 
 from torch import nn
 
-from dynslice.architectures import get_path, set_path, spec_for
+from dynslice.architectures import spec_for
 from dynslice.counts import as_config, dense_parameters, layer_parameters
 from dynslice.errors import PlanError, ScoreError, UnsupportedArchitectureError
 from dynslice.scores import LayerScores, check_values
@@ -71,10 +71,10 @@ def remove_layers(model: nn.Module, scores, n: int | None = None, *, target: flo
     if getattr(config, "is_heterogeneous", False):
         raise UnsupportedArchitectureError("layer removal does not support per-layer (heterogeneous) configs")
     removed = layers_to_remove(scores, config, n=n, target=target)
-    layers = get_path(model, spec.layers)
+    layers = model.get_submodule(spec.layers)
     keep = [i for i in range(len(layers)) if i not in set(removed)]
-    set_path(model, spec.layers, nn.ModuleList([layers[i] for i in keep]))
-    for new_index, layer in enumerate(get_path(model, spec.layers)):
+    model.set_submodule(spec.layers, nn.ModuleList([layers[i] for i in keep]))
+    for new_index, layer in enumerate(model.get_submodule(spec.layers)):
         for module in layer.modules():
             if hasattr(module, "layer_idx"):
                 module.layer_idx = new_index  # the KV cache slot this layer reads and writes

@@ -55,7 +55,7 @@ def compress_report(run: str, config: dict, results: dict[str, dict], images: di
     cal, model = config["calibration"], config["model"]
     lines = [
         f"# dynslice run `{run}`", "",
-        f"- model: `{model['source']}` ({model['dtype']}), identity `{results['capture']['model']['key'][:23]}`",
+        f"- model: `{model['source']}` ({model['dtype']}), identity `{results['score']['model']['key'][:23]}`",
         f"- calibration: `{cal['source']}` {cal['nsamples']} x {cal['seqlen']} tokens, seed {cal['seed']}",
         f"- plan: {plan['planner']}, target {plan['target']}, variation {plan.get('variation')}, "
         f"budget {plan['budget']}; achieved mean slicing {_num(plan.get('achieved_mean_slicing'), '.4f')}, "

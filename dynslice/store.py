@@ -17,6 +17,7 @@ from the environment (or fsspec `storage_options` given by the caller) and are n
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 import logging
@@ -29,44 +30,15 @@ from typing import Any
 
 import fsspec
 
-from dynslice.cache import sha256_file
-from dynslice.errors import DynsliceError
+from dynslice.errors import StoreError
+from dynslice.hashing import canonical_json, sha256_file
+from dynslice.locations import Memo, version_stamp
 
 log = logging.getLogger(__name__)
 
 _CHUNK = 1 << 22
 _SAFE = set("abcdefghijklmnopqrstuvwxyz0123456789-_.")
-
-
-class StoreError(DynsliceError):
-    """A store URI, key or artifact is malformed."""
-
-
-def _version_stamp(info: dict) -> str | None:
-    """What changes whenever an object is rewritten: its size with its ETag (object stores) or mtime."""
-    version = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified")
-    return None if version is None else f"{info.get('size')}:{version}"
-
-
-def _verified_memo(store_uri: str, digest: str) -> Path:
-    from dynslice.cache import cache_root
-
-    name = hashlib.sha256(f"{store_uri}\0{digest}".encode()).hexdigest()
-    return cache_root() / "verified-blobs" / name[:2] / name
-
-
-def _remember(memo: Path, stamp: str) -> None:
-    try:
-        memo.parent.mkdir(parents=True, exist_ok=True)
-        tmp = memo.with_name(f".{memo.name}.{uuid.uuid4().hex}")
-        tmp.write_text(stamp)
-        os.replace(tmp, memo)
-    except OSError as exc:  # a read-only cache only costs speed
-        log.debug("cannot record a verified blob in %s: %s", memo, exc)
-
-
-def canonical_json(data: Any) -> str:
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+_HEX = set("0123456789abcdef")
 
 
 def stage_key(stage: str, version: str, inputs: dict) -> str:
@@ -76,9 +48,35 @@ def stage_key(stage: str, version: str, inputs: dict) -> str:
 
 def _check_name(kind: str, name: str) -> str:
     # keys and names become path components: never let one escape the store root
-    if not name or name.startswith(".") or not set(name.lower()) <= _SAFE:
+    if not isinstance(name, str) or not name or name.startswith(".") or not set(name.lower()) <= _SAFE:
         raise StoreError(f"invalid {kind} {name!r}: use letters, digits, '-', '_' and '.'")
     return name
+
+
+def _check_file_name(name: str) -> str:
+    for part in name.split("/") if isinstance(name, str) else [name]:
+        _check_name("file name", part)
+    return name
+
+
+def _manifest_files(manifest: Any, stage: str, key: str, outputs: tuple[str, ...] | None) -> dict[str, str]:
+    """{name: sha256} of a manifest read from the store, after checking its shape; StoreError if it is not a
+    complete manifest of (stage, key): a shared bucket is untrusted input."""
+    if not isinstance(manifest, dict) or manifest.get("stage") != stage or manifest.get("key") != key:
+        raise StoreError("not the manifest of this stage and key")
+    entries, result = manifest.get("files"), manifest.get("result")
+    if not isinstance(entries, dict) or not isinstance(result, dict):
+        raise StoreError("`files` and `result` must be objects")
+    files = {}
+    for name, entry in entries.items():
+        digest = entry.get("sha256") if isinstance(entry, dict) else None
+        if not (isinstance(digest, str) and len(digest) == 64 and set(digest) <= _HEX):
+            raise StoreError(f"file {name!r} has no sha256")
+        files[_check_file_name(name)] = digest
+    missing = [p for p in outputs or () if not fnmatch.filter(files, p)]
+    if missing:
+        raise StoreError(f"no file for the declared outputs {missing}")
+    return files
 
 
 @dataclass(frozen=True)
@@ -150,11 +148,11 @@ class ArtifactStore:
         a rewritten object has a new stamp and is hashed again."""
         path = self.path("blobs", digest)
         try:
-            stamp = _version_stamp(self.fs.info(path))
+            stamp = version_stamp(self.fs.info(path))
         except FileNotFoundError:
             return False
-        memo = _verified_memo(self.uri, digest)
-        if stamp is not None and memo.is_file() and memo.read_text() == stamp:
+        memo, memo_key = Memo("verified-blobs"), f"{self.uri}\0{digest}"
+        if stamp is not None and memo.get(memo_key) == stamp:
             return True
         h = hashlib.sha256()
         try:
@@ -166,7 +164,7 @@ class ArtifactStore:
         if h.hexdigest() != digest:
             return False
         if stamp is not None:
-            _remember(memo, stamp)
+            memo.put(memo_key, stamp)
         return True
 
     def read_bytes(self, ref: ArtifactRef, name: str) -> bytes:
@@ -198,8 +196,9 @@ class ArtifactStore:
         return folder
 
     # -- manifests ------------------------------------------------------------------------------
-    def lookup(self, stage: str, key: str) -> ArtifactRef | None:
-        """The published artifact for (stage, key) if its manifest and every blob verify, else None."""
+    def lookup(self, stage: str, key: str, outputs: tuple[str, ...] | None = None) -> ArtifactRef | None:
+        """The published artifact for (stage, key) if its manifest is well-formed, names every declared output
+        and every blob verifies; else None (the stage recomputes), with a warning saying why."""
         path = self.path("manifests", _check_name("stage", stage), _check_name("key", key) + ".json")
         try:
             manifest = json.loads(self.fs.cat_file(path))
@@ -208,12 +207,8 @@ class ArtifactStore:
         except (json.JSONDecodeError, UnicodeDecodeError):
             log.warning("manifest %s is corrupt: recomputing %s", path, stage)
             return None
-        files = {name: entry["sha256"] for name, entry in manifest.get("files", {}).items()}
-        try:  # a manifest in a shared bucket is untrusted input: names become local paths on fetch
-            for name, digest in files.items():
-                for part in name.split("/"):
-                    _check_name("file name", part)
-                _check_name("blob", digest)
+        try:
+            files = _manifest_files(manifest, stage, key, outputs)
         except StoreError as exc:
             log.warning("manifest %s is malformed (%s): recomputing %s", path, exc, stage)
             return None
@@ -221,7 +216,7 @@ class ArtifactStore:
             if not self._blob_ok(digest):
                 log.warning("%s/%s: file %s is missing or fails its sha256: recomputing", stage, key[:12], name)
                 return None
-        return ArtifactRef(stage, key, self.uri, files, manifest.get("result", {}), cached=True)
+        return ArtifactRef(stage, key, self.uri, files, manifest["result"], cached=True)
 
     def publish(self, stage: str, key: str, *, inputs: dict, result: dict,
                 files: dict[str, bytes | str | os.PathLike] | None = None) -> ArtifactRef:
@@ -240,9 +235,6 @@ class ArtifactStore:
         self.fs.pipe_file(tmp, canonical_json(manifest).encode())
         self.fs.mv(tmp, self.path("manifests", stage, key + ".json"))
         return ArtifactRef(stage, key, self.uri, {n: e["sha256"] for n, e in entries.items()}, result)
-
-    def manifest(self, ref: ArtifactRef) -> dict:
-        return json.loads(self.fs.cat_file(self.path("manifests", ref.stage, ref.key + ".json")))
 
     def manifests(self, stage: str | None = None) -> list[dict]:
         pattern = self.path("manifests", stage or "*", "*.json")
@@ -272,8 +264,7 @@ class ArtifactStore:
             self.fs.rm(self.path("runs", run), recursive=True)
         entries = {}
         for name, content in files.items():
-            for part in name.split("/"):
-                _check_name("file name", part)
+            _check_file_name(name)
             target = self.path("runs", run, name)
             if isinstance(content, Blob):
                 self.fs.copy(self.path("blobs", content.sha256), target)

@@ -1,0 +1,1 @@
+"""Prefect flows composed of the tasks in `dynslice.tasks` (installed as `dynslice.flows`)."""

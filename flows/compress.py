@@ -7,10 +7,11 @@ from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from dynslice.config import CompressConfig, EvaluationConfig
+from dynslice.planners import default_variations
 from dynslice.report import run_name
-from tasks.common import store_spec
-from tasks.publish import publish
-from tasks.stages import capture, evaluate, plan, score, slice_
+from dynslice.tasks.common import store_spec
+from dynslice.tasks.publish import publish
+from dynslice.tasks.stages import calibration, evaluate, plan, score, slice_
 
 
 def _value(ref):
@@ -25,14 +26,14 @@ def selection_eval(config: CompressConfig) -> EvaluationConfig:
                             limit=None, speed=False, batch_size=config.evaluation.batch_size)
 
 
-def slice_and_select(config: CompressConfig, capture_ref: dict, plan_refs: list[dict]) -> tuple[dict, dict, list]:
+def slice_and_select(config: CompressConfig, calibration_ref: dict, plan_refs: list) -> tuple[dict, dict, list]:
     """Slice every plan (fanned out), score each on held-out perplexity, return the best (plan, slice)."""
     c = config
     store = store_spec(c.store, c.store_block)
     plans = [_value(p) for p in plan_refs]
     # plans with the same widths give the same sliced model (one slice key): slice each once
     unique = list({(tuple(p["result"]["widths"]), tuple(p["result"]["mid"])): p for p in plans}.values())
-    slices = slice_.map(unmapped(store), unmapped(c.model), unmapped(capture_ref), unique,
+    slices = slice_.map(unmapped(store), unmapped(c.model), unmapped(calibration_ref), unique,
                         unmapped(c.calibration.batch_size), unmapped(c.device), unmapped(c.checkpoint_every))
     checks = evaluate.map(unmapped(store), unmapped(c.model), unmapped(selection_eval(c)), unmapped(c.device),
                           slices)
@@ -48,19 +49,19 @@ def slice_and_select(config: CompressConfig, capture_ref: dict, plan_refs: list[
 def compress(config: CompressConfig = CompressConfig()) -> dict:
     c = config
     store = store_spec(c.store, c.store_block)
-    capture_ref = capture.submit(store, c.model, c.calibration, c.device)
-    score_ref = score.submit(store, capture_ref, c.plan.metric)
+    calibration_ref = calibration.submit(store, c.model, c.calibration)
+    score_ref = score.submit(store, c.model, calibration_ref, c.calibration.batch_size, c.device)
     if c.plan.planner == "auto":
-        variations = c.plan.variations or [c.plan.target * k / 4 for k in range(5)]
+        variations = c.plan.variations or default_variations(c.plan.target)
         plan_refs = [plan.submit(store, score_ref, c.plan, a) for a in variations]
-        plan_ref, slice_ref, _ = slice_and_select(c, capture_ref, plan_refs)
+        plan_ref, slice_ref, _ = slice_and_select(c, calibration_ref, plan_refs)
     else:
         plan_ref = plan.submit(store, score_ref, c.plan)
-        slice_ref = slice_.submit(store, c.model, capture_ref, plan_ref, c.calibration.batch_size, c.device,
+        slice_ref = slice_.submit(store, c.model, calibration_ref, plan_ref, c.calibration.batch_size, c.device,
                                   c.checkpoint_every)
     dense_eval = evaluate.submit(store, c.model, c.evaluation, c.device)
     sliced_eval = evaluate.submit(store, c.model, c.evaluation, c.device, slice_ref)
-    futures = {"capture": capture_ref, "score": score_ref, "plan": plan_ref, "slice": slice_ref,
+    futures = {"calibration": calibration_ref, "score": score_ref, "plan": plan_ref, "slice": slice_ref,
                "dense_eval": dense_eval, "sliced_eval": sliced_eval}
     refs = {name: _value(f) for name, f in futures.items()}
     run = c.run_name or run_name(c.model.source, refs["plan"]["result"]["planner"], c.plan.target,

@@ -1,4 +1,4 @@
-"""sweep: a grid over targets, variations, planners and budgets, sharing one capture and one score."""
+"""sweep: a grid over targets, variations, planners and budgets, sharing one calibration and one score."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from dynslice import report
 from dynslice.config import SweepConfig
 from dynslice.plots import plot_sweep
-from flows.compress import slice_and_select
-from tasks.common import store_spec
-from tasks.publish import publish
-from tasks.stages import capture, evaluate, plan, score
+from dynslice.flows.compress import slice_and_select
+from dynslice.tasks.common import store_spec
+from dynslice.tasks.publish import publish
+from dynslice.tasks.stages import calibration, evaluate, plan, score
 
 
 def grid_points(config: SweepConfig) -> list[dict]:
@@ -33,12 +33,12 @@ def grid_points(config: SweepConfig) -> list[dict]:
 def sweep(config: SweepConfig = SweepConfig()) -> dict:
     c = config
     store = store_spec(c.store, c.store_block)
-    capture_ref = capture.submit(store, c.model, c.calibration, c.device)
-    score_ref = score.submit(store, capture_ref, c.plan.metric)
+    calibration_ref = calibration.submit(store, c.model, c.calibration)
+    score_ref = score.submit(store, c.model, calibration_ref, c.calibration.batch_size, c.device)
     points = grid_points(c)
     plans = [c.plan.model_copy(update={k: v for k, v in p.items() if k != "variation"}) for p in points]
     plan_refs = [plan.submit(store, score_ref, config, p["variation"]) for config, p in zip(plans, points)]
-    best_plan, best_slice, scored = slice_and_select(c, capture_ref, plan_refs)  # fanned out with .map
+    best_plan, best_slice, scored = slice_and_select(c, calibration_ref, plan_refs)  # fanned out with .map
     table = [dict(p, param_reduction=s["result"]["param_reduction"], perplexity=e["result"]["perplexity"],
                   slice=s["key"]) for p, (_, s, e) in zip(points, scored)]
     best = next(t for t in table if t["slice"] == best_slice["key"])
@@ -47,8 +47,8 @@ def sweep(config: SweepConfig = SweepConfig()) -> dict:
     final = report.markdown_table(report.comparison_rows(dense_eval["result"], best_eval["result"]),
                                   ("best plan (test split)", "dense", "sliced"))
     run = c.run_name or f"sweep-{best_slice['key'][:10]}"
-    refs = {"capture": capture_ref.result(), "score": score_ref.result(), "plan": best_plan, "slice": best_slice,
-            "dense_eval": dense_eval, "sliced_eval": best_eval}
+    refs = {"calibration": calibration_ref.result(), "score": score_ref.result(), "plan": best_plan,
+            "slice": best_slice, "dense_eval": dense_eval, "sliced_eval": best_eval}
     published = publish.submit(store, run, c.model_dump(), refs).result()  # the best model, report and links
     png = plot_sweep(table)
     text = report.sweep_report(run, table, best, final)

@@ -1,0 +1,1 @@
+"""Thin Prefect tasks around `dynslice.pipeline` (installed as `dynslice.tasks`)."""

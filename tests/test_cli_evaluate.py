@@ -10,7 +10,7 @@ import dynslice
 from conftest import calibration, tiny_model, tiny_tokenizer
 from dynslice.commands import assets as assets_command
 from dynslice.commands import evaluate as evaluate_command
-from dynslice.errors import EvaluationError
+from dynslice.errors import ConfigError, EvaluationError
 
 
 def _run(module, argv: list[str]) -> int:
@@ -61,7 +61,7 @@ def test_evaluate_sliced_against_dense(models, tmp_path, capsys):
 
 
 def test_evaluate_refuses_nothing_to_do(models):
-    with pytest.raises(EvaluationError, match="nothing to evaluate"):
+    with pytest.raises(ConfigError, match="nothing to evaluate"):
         _run(evaluate_command, ["evaluate", "--model", str(models / "dense")])
 
 

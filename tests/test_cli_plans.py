@@ -4,6 +4,7 @@ import json
 
 
 import dynslice
+from dynslice.counts import sliced_parameters
 from conftest import model_folder, param_count, tiny_model
 from dynslice.cli import main
 
@@ -18,7 +19,7 @@ def test_score_plan_slice(tmp_path, capsys):
                  "--nsamples", "4", "--seqlen", "32", "--plot", str(plot)]) == 0
     scores = dynslice.LayerScores.from_json(scores_json.read_text())
     assert scores.num_layers == 3 and scores.num_tokens == 4 * 32 and scores.metric == "cosine"
-    from dynslice.models import folder_sha256
+    from dynslice.identity import local_digest as folder_sha256
     assert scores.provenance["model"]["id"] == f"sha256:{folder_sha256(folder)}"  # content identity, not a path
     assert calib in scores.provenance["data"]["id"]
     assert plot.read_bytes().startswith(b"\x89PNG")
@@ -40,7 +41,7 @@ def test_score_plan_slice(tmp_path, capsys):
                  "--nsamples", "4", "--seqlen", "32"]) == 0
     model = dynslice.load_sliced(out)
     assert model.config.dynslice["widths"] == list(plan.widths)
-    assert param_count(model) == plan.num_parameters(dense.config)
+    assert param_count(model) == sliced_parameters(plan, dense.config)
     assert 1 - param_count(model) / param_count(dense) >= 0.25  # the params budget is met
 
 
@@ -53,9 +54,10 @@ def test_constant_planner_and_bad_input(tmp_path, capsys):
                  "--round-to", "4", "--out", str(out)]) == 0
     assert dynslice.SlicePlan.from_json(out.read_text()) == dynslice.SlicePlan.constant(3, 32, 0.25, round_to=4)
     capsys.readouterr()
-    for args, message in [(["--target", "1.5", "--variation", "0.1"], "target must be in [0, 1)"),
-                          (["--target", "0.2", "--variation", "0.3"], "variation must be in [0, target=0.2]"),
-                          (["--target", "0.2"], "--variation is required")]:
+    for args, message in [(["--target", "1.5", "--variation", "0.1"], "--target: Input should be less than 1"),
+                          (["--target", "0.2", "--variation", "0.3"], "must be in [0, target=0.2]"),
+                          (["--target", "0.2", "--planner", "constant", "--variation", "0.1"],
+                           "applies to the dynamic planner only")]:
         assert main(["plan", "--scores", str(scores_json), "--out", str(out)] + args) == 2
         assert message in capsys.readouterr().err
     scores_json.write_text('{"format": 1, "kind": "layer_scores", "metric": "cosine", "values": [0.1, NaN, 0.2], '

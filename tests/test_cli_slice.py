@@ -5,6 +5,7 @@ import sys
 
 
 import dynslice
+from dynslice.counts import sliced_parameters
 from conftest import model_folder, param_count
 
 
@@ -22,7 +23,7 @@ def test_slice_command(tmp_path):
     model = dynslice.load_sliced(out)
     plan = dynslice.SlicePlan.constant(3, 32, 0.25, round_to=4)
     assert model.config.dynslice["widths"] == list(plan.widths)
-    assert param_count(model) == plan.num_parameters(dense.config)
+    assert param_count(model) == sliced_parameters(plan, dense.config)
     assert f"{param_count(model):,} parameters" in result.stdout
 
 

@@ -10,7 +10,9 @@ import torch
 import dynslice
 from conftest import VOCAB, calibration, tiny_model, tiny_tokenizer
 from dynslice.errors import SourceError
-from dynslice.models import ModelIdentity, classify_source, folder_sha256, load_gguf, resolve_model
+from dynslice.identity import ModelIdentity, local_digest as folder_sha256
+from dynslice.models import load_gguf, resolve_model
+from dynslice.sources import classify_source
 from s3server import s3_server
 
 
@@ -184,7 +186,7 @@ def test_gguf_load_helper_rejects_garbage(tmp_path):
 @pytest.mark.slow
 def test_cached_smollm2_gguf_matches_the_converted_folder():
     from dynslice.assets import fetch_assets
-    from dynslice.cache import cache_root
+    from dynslice.locations import cache_root
 
     fetch_assets(["smollm2-135m", "smollm2-135m-gguf"])  # idempotent: downloads only the first time
     gguf = cache_root() / "models/smollm2-135m-gguf/SmolLM2-135M-Instruct.Q4_1.gguf"

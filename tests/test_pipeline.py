@@ -19,6 +19,7 @@ import yaml
 from conftest import TEXT, model_folder, tiny_tokenizer
 from s3server import s3_server
 from dynslice.config import load_config
+from dynslice.loopstate import LoopState
 from dynslice.store import ArtifactStore
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,7 +55,7 @@ def config(ws: Path, store: str | None = None, **sections) -> dict:
 
 
 def run_compress(cfg: dict) -> dict:
-    from flows.compress import compress
+    from dynslice.flows.compress import compress
 
     return compress(load_config(cfg))
 
@@ -75,7 +76,7 @@ def test_failed_evaluate_reruns_only_evaluate(workspace):
         run_compress(cfg)  # the evaluation text is missing: evaluate fails after slicing
     store = ArtifactStore(ws / "store")
     before = executions(store)
-    assert sorted(stage for stage, _ in before) == ["capture", "plan", "score", "slice"]
+    assert sorted(stage for stage, _ in before) == ["calibration", "plan", "score", "slice"]
 
     (ws / "eval.txt").write_text(TEXT[::-1])
     result = run_compress(cfg)
@@ -101,11 +102,11 @@ def test_scoring_parameter_recomputes_from_scoring_on(workspace):
     second = run_compress(config(ws, plan={"metric": "angular"}))
     after = executions(store)
     stages = ran(before, after)
-    assert "capture" not in stages
-    assert {"score", "plan"} <= set(stages)
+    assert "calibration" not in stages and "score" not in stages  # one dense pass measured every metric
+    assert "plan" in stages
     widths_changed = first["refs"]["plan"]["result"]["widths"] != second["refs"]["plan"]["result"]["widths"]
     assert ("slice" in stages) == widths_changed  # the slice is keyed by the widths, not by how they were chosen
-    assert second["refs"]["capture"]["cached"]
+    assert second["refs"]["calibration"]["cached"] and second["refs"]["score"]["cached"]
 
 
 def test_corrupted_artifact_is_recomputed_not_used(workspace):
@@ -155,10 +156,7 @@ def test_sigkill_mid_slicing_resumes_to_identical_bytes(tmp_path):
     killed_at, deadline = None, time.time() + 240
     while time.time() < deadline and proc.poll() is None:
         for state in checkpoints.glob("*/state.json"):
-            try:
-                done = json.loads(state.read_text())["next_layer"]
-            except (ValueError, OSError):
-                continue
+            done = LoopState.progress(str(state.parent))  # 0 while the file is being replaced
             if 2 <= done < 10:
                 os.killpg(proc.pid, signal.SIGKILL)
                 killed_at = done
@@ -202,21 +200,21 @@ def _two_processes_share_the_bucket(ws, fs, bucket: str) -> None:
 
     fs.invalidate_cache()
     keys = fs.find(f"{bucket}/dynslice")
-    for stage in ("capture", "score", "plan", "slice", "evaluate"):
+    for stage in ("calibration", "score", "plan", "slice", "evaluate"):
         assert any(k.startswith(f"{bucket}/dynslice/manifests/{stage}/") for k in keys), stage
     assert any(k.startswith(f"{bucket}/dynslice/blobs/") for k in keys)
     assert any(k.endswith("/report.md") and "/runs/" in k for k in keys)
     assert any(k.endswith("/model/model.safetensors") and "/runs/" in k for k in keys)
     assert outputs[0].count("Cached(") == 0
-    assert outputs[1].count("Cached(") == 6  # capture, score, plan, slice and both evaluations
+    assert outputs[1].count("Cached(") == 6  # calibration, score, plan, slice and both evaluations
     assert secret not in "".join(outputs)
     for key in keys:
         if key.endswith(".json") or key.endswith(".md"):
             assert secret.encode() not in fs.cat_file(key)
 
 
-def test_sweep_shares_capture_and_picks_the_lowest_held_out_perplexity(workspace):
-    from flows.sweep import sweep
+def test_sweep_shares_calibration_and_picks_the_lowest_held_out_perplexity(workspace):
+    from dynslice.flows.sweep import sweep
 
     from dynslice.config import SweepConfig
 
@@ -231,5 +229,5 @@ def test_sweep_shares_capture_and_picks_the_lowest_held_out_perplexity(workspace
     assert len(points) == 4 and len({p["slice"] for p in points}) >= 2
     assert result["best"]["perplexity"] == min(p["perplexity"] for p in points)
     store = ArtifactStore(ws / "store")
-    assert len(store.manifests("capture")) == 1 and len(store.manifests("score")) == 1  # shared by the grid
+    assert len(store.manifests("calibration")) == 1 and len(store.manifests("score")) == 1  # shared by the grid
     assert Path(result["report"].removeprefix("file://")).is_file()

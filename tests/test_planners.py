@@ -9,7 +9,7 @@ import transformers
 import dynslice
 from conftest import calibration, param_count, tiny_model
 from dynslice import planners
-from dynslice.counts import dense_parameters
+from dynslice.counts import check_plan, dense_parameters, sliced_parameters
 from dynslice.errors import PlanError, ScoreError
 from dynslice.plan import SlicePlan
 
@@ -25,7 +25,7 @@ def _params_step(config, round_to):
     """Largest change of the removed fraction when every width moves by one rounding step (constant plans)."""
     hidden, layers = config.hidden_size, config.num_hidden_layers
     allowed = sorted(set(range(round_to, hidden, round_to)) | {hidden})
-    counts = [SlicePlan((w,) * layers + (hidden,), (w,) * layers).num_parameters(config) for w in allowed]
+    counts = [sliced_parameters(SlicePlan((w,) * layers + (hidden,), (w,) * layers), config) for w in allowed]
     return max(a - b for a, b in zip(counts[1:], counts)) / dense_parameters(config)
 
 
@@ -51,7 +51,7 @@ def test_mean_slicing_within_one_rounding_step(t, a, round_to):
     assert abs(plan.mean_slicing(D) - t) <= round_to / D
     assert all(w % round_to == 0 or w == D for w in plan.widths)
     assert plan.widths[-1] == D and plan.mid == plan.widths[:-1]
-    plan.check(CONFIG)
+    check_plan(plan, CONFIG)
 
 
 def test_important_layers_keep_more_width():
@@ -91,7 +91,7 @@ def test_round_widths_keeps_the_sum():
 def test_params_budget_on_meta_config(a):
     step = _params_step(CONFIG, 8)
     plan = planners.dynamic(SCORES, 0.2, a, config=CONFIG, budget="params")
-    removed = 1 - plan.num_parameters(CONFIG) / dense_parameters(CONFIG)
+    removed = 1 - sliced_parameters(plan, CONFIG) / dense_parameters(CONFIG)
     assert 0.2 <= removed <= 0.2 + step
     assert plan.provenance["achieved_param_reduction"] == pytest.approx(removed)
     # the same shape as the mean plan, scaled: the most important layer keeps the most width
@@ -137,18 +137,18 @@ def test_provenance_and_json_round_trip():
     assert again == plan and again.provenance == plan.provenance
 
 
-def test_candidates_and_select():
-    plans = planners.candidates(SCORES, 0.25, config=CONFIG)
-    assert [p.provenance["variation"] for p in plans] == [0.0, 0.0625, 0.125, 0.1875, 0.25]
-    assert plans[0] == planners.constant(0.25, CONFIG)
-    best = planners.select([(p, v) for p, v in zip(plans, [30.0, 28.5, 27.0, 27.0, 29.0])])
-    assert best == plans[2]  # lowest value; the first of two ties
-    assert best.provenance["selection"]["value"] == 27.0
-    assert planners.select([(plans[0], 0.4), (plans[1], 0.5)], higher_is_better=True) == plans[1]
-    with pytest.raises(PlanError, match="at least one"):
-        planners.select([])
-    with pytest.raises(PlanError, match="non-finite"):
-        planners.select([(plans[0], math.nan)])
+def test_make_plan_dispatches_and_checks():
+    assert planners.default_variations(0.25) == [0.0, 0.0625, 0.125, 0.1875, 0.25]
+    scores = dynslice.LayerScores(SCORES, "cosine", 10, config=CONFIG.to_dict())
+    assert planners.make_plan(scores, "constant", 0.25) == planners.constant(0.25, CONFIG)
+    assert planners.make_plan(scores, "dynamic", 0.25, variation=0.1) == planners.dynamic(SCORES, 0.25, 0.1,
+                                                                                          config=CONFIG)
+    with pytest.raises(PlanError, match="needs a variation"):
+        planners.make_plan(scores, "dynamic", 0.25)
+    with pytest.raises(PlanError, match="dynamic planner only"):
+        planners.make_plan(scores, "constant", 0.25, variation=0.1)
+    with pytest.raises(PlanError, match="unknown planner"):
+        planners.make_plan(scores, "greedy", 0.25)
 
 
 @pytest.mark.parametrize("kwargs, error, message", [

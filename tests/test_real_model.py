@@ -5,6 +5,7 @@ import torch
 import transformers
 
 import dynslice
+from dynslice.counts import sliced_parameters
 from conftest import _exact_rmsnorm, param_count
 
 pytestmark = pytest.mark.slow
@@ -55,7 +56,7 @@ def test_slicing_smollm2(assets, tmp_path):
     dense_ppl = perplexity(model, test_ids, 256, max_windows=8, batch_size=4, progress=False).perplexity
     plan = dynslice.SlicePlan.constant(model.config.num_hidden_layers, model.config.hidden_size, 0.25)
     dynslice.slice_model(model, calib, plan, batch_size=8, progress=False)
-    assert param_count(model) == plan.num_parameters(transformers.AutoConfig.from_pretrained(
+    assert param_count(model) == sliced_parameters(plan, transformers.AutoConfig.from_pretrained(
         dynslice.models.cache_root() / dynslice.models.DEMO_MODELS["smollm2-135m"]))
     sliced_ppl = perplexity(model, test_ids, 256, max_windows=8, batch_size=4, progress=False).perplexity
     # 25% constant slicing of a 135M model costs perplexity, but it must stay a language model

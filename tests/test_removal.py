@@ -7,7 +7,7 @@ import transformers
 
 import dynslice
 from conftest import calibration, param_count, tiny_model
-from dynslice.architectures import get_path, spec_for
+from dynslice.architectures import spec_for
 from dynslice.counts import dense_parameters
 from dynslice.errors import PlanError, ScoreError
 from dynslice.removal import layers_to_remove, parameters_after_removal
@@ -15,7 +15,7 @@ from dynslice.removal import layers_to_remove, parameters_after_removal
 
 def _skipping(model, skipped):
     """Logits of `model` with the layers `skipped` made identities by hooks (the reference for removal)."""
-    layers = get_path(model, spec_for(model).layers)
+    layers = model.get_submodule(spec_for(model).layers)
 
     def identity(module, args, kwargs, output):
         x = args[0] if args else kwargs["hidden_states"]
@@ -42,7 +42,7 @@ def test_removal_runs_generates_and_has_the_predicted_size(family):
     pruned = dynslice.remove_layers(model, scores, 1)
     assert type(pruned).__name__ == f"{type(model).__name__}"
     assert pruned.config.num_hidden_layers == layers - 1
-    assert len(get_path(pruned, spec_for(pruned).layers)) == layers - 1
+    assert len(pruned.get_submodule(spec_for(pruned).layers)) == layers - 1
     assert param_count(pruned) == predicted
     with torch.no_grad():
         torch.testing.assert_close(pruned(**calibration()).logits, expected, rtol=1e-10, atol=1e-10)

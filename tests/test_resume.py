@@ -7,7 +7,7 @@ import torch
 
 import dynslice
 from conftest import calibration, tiny_model, uneven_plan
-from dynslice.architectures import get_path, spec_for
+from dynslice.architectures import spec_for
 
 
 class Crash(Exception):
@@ -17,13 +17,13 @@ class Crash(Exception):
 def _count_attention_calls(model, counter: list[int], crash_at: int | None = None):
     """Hook every layer's attention: count the layers visited, optionally crash on one of them."""
     spec = spec_for(model)
-    for i, layer in enumerate(get_path(model, spec.layers)):
+    for i, layer in enumerate(model.get_submodule(spec.layers)):
         def hook(module, args, i=i):
             if crash_at is not None and i == crash_at:
                 raise Crash(f"killed in layer {i}")
             if not counter or counter[-1] != i:
                 counter.append(i)
-        get_path(layer, spec.attn).register_forward_pre_hook(hook)
+        layer.get_submodule(spec.attn).register_forward_pre_hook(hook)
 
 
 def _sliced_bytes(model, folder: Path) -> bytes:

@@ -7,14 +7,14 @@ import torch
 
 import dynslice
 from conftest import calibration, tiny_model
-from dynslice.architectures import get_path, spec_for
+from dynslice.architectures import spec_for
 from dynslice.errors import ScoreError
 from dynslice.scores import LayerScores, redundancy
 
 
 def _hooked_scores(model, calib, metric):
     """Reference: one full forward with hooks on every decoder layer; cosines by torch's own function."""
-    layers = get_path(model, spec_for(model).layers)
+    layers = model.get_submodule(spec_for(model).layers)
     seen = {}
 
     def hook(i):
@@ -81,9 +81,9 @@ def test_angular_and_cosine_agree_in_ordering(family):
     # each layer writes into the stream (x0.3, x3, x1) gives layers of clearly different influence
     model = tiny_model(family, seed=3)
     spec = spec_for(model)
-    for i, layer in enumerate(get_path(model, spec.layers)):
+    for i, layer in enumerate(model.get_submodule(spec.layers)):
         for path in (spec.attn_output, spec.mlp_output):
-            get_path(layer, path).weight.data *= (0.3, 3.0, 1.0)[i]
+            layer.get_submodule(path).weight.data *= (0.3, 3.0, 1.0)[i]
     cosine = dynslice.score_layers(model, calibration(), metric="cosine", progress=False)
     angular = dynslice.score_layers(model, calibration(), metric="angular", progress=False)
     layers = range(cosine.num_layers)

@@ -4,14 +4,15 @@ import pytest
 import torch
 
 import dynslice
+from dynslice.counts import sliced_parameters
 from conftest import calibration, param_count, tiny_model, uneven_plan
-from dynslice.architectures import get_path, spec_for
+from dynslice.architectures import spec_for
 
 
 def test_parameter_count_matches_plan(family):
     model = tiny_model(family)
     plan = uneven_plan(model.config)
-    predicted = plan.num_parameters(model.config)
+    predicted = sliced_parameters(plan, model.config)
     dynslice.slice_model(model, calibration(), plan, progress=False)
     assert param_count(model) == predicted
 
@@ -22,13 +23,13 @@ def test_widths_follow_the_plan(family):
     plan = uneven_plan(model.config)
     dynslice.slice_model(model, calibration(), plan, progress=False)
     assert model.get_input_embeddings().weight.shape[1] == plan.widths[0]
-    assert get_path(model, spec.head).in_features == plan.widths[-1]
-    for i, block in enumerate(get_path(model, spec.layers)):
+    assert model.get_submodule(spec.head).in_features == plan.widths[-1]
+    for i, block in enumerate(model.get_submodule(spec.layers)):
         for path in spec.attn_inputs:
-            assert get_path(block, path).in_features == plan.widths[i]
+            assert block.get_submodule(path).in_features == plan.widths[i]
         writes = plan.widths[i + 1] if spec.topology == "parallel" else plan.mid[i]
-        assert get_path(block, spec.attn_output).out_features == writes
-        assert get_path(block, spec.mlp_output).out_features == plan.widths[i + 1]
+        assert block.get_submodule(spec.attn_output).out_features == writes
+        assert block.get_submodule(spec.mlp_output).out_features == plan.widths[i + 1]
 
 
 def test_dense_count_is_the_full_plan_minus_norms_plus_shortcuts():
@@ -38,7 +39,7 @@ def test_dense_count_is_the_full_plan_minus_norms_plus_shortcuts():
     d, n = config.hidden_size, config.num_hidden_layers
     norms = sum(p.numel() for name, p in model.named_parameters() if "norm" in name)
     full = dynslice.SlicePlan.from_widths([d] * (n + 1))
-    assert full.num_parameters(config) == param_count(model) - norms + 2 * d * d * n
+    assert sliced_parameters(full, config) == param_count(model) - norms + 2 * d * d * n
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
@@ -63,7 +64,7 @@ def test_signals_on_another_device_give_the_same_model():
 
 
 def test_zero_pads_clears_non_finite_values():
-    from dynslice.compress import zero_pads
+    from dynslice.capture import zero_pads
 
     x = torch.tensor([[[1.0, 2.0], [float("nan"), float("inf")]]])
     out = zero_pads(x, torch.tensor([[1, 0]]))

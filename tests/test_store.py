@@ -20,7 +20,8 @@ def test_publish_then_lookup(store, tmp_path):
     found = store.lookup("slice", "k1")
     assert found == ref and found.cached and not ref.cached
     assert store.read_json(found, "notes.json") == {"x": 1}
-    assert store.manifest(found)["inputs"] == {"a": 1}
+    (manifest,) = store.manifests("slice")
+    assert manifest["inputs"] == {"a": 1} and manifest["key"] == "k1"
     fetched = store.fetch(found, tmp_path / "copy")
     assert (fetched / "model/weights.bin").read_bytes() == local.read_bytes()
 
@@ -76,7 +77,7 @@ def test_stage_key_depends_on_every_input():
 def test_a_manifest_cannot_write_outside_the_fetch_folder(store, tmp_path):
     """A shared bucket is untrusted: a crafted file name in a manifest is a miss, never a write elsewhere."""
     ref = store.publish("slice", "k", inputs={}, result={}, files={"model/w.bin": b"weights"})
-    manifest = store.manifest(ref)
+    (manifest,) = store.manifests("slice")
     manifest["files"] = {"model/../../../evil.sh": manifest["files"]["model/w.bin"]}
     store.fs.pipe_file(store.path("manifests", "slice", "k.json"), json.dumps(manifest).encode())
     assert store.lookup("slice", "k") is None

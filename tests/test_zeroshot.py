@@ -8,7 +8,7 @@ import torch
 
 from conftest import tiny_model, tiny_tokenizer
 from dynslice.errors import EvaluationError
-from dynslice.evaluation.tasks import (jsonl_task, lm_eval_prompts_file, mmlu_exemplar_task, normalize_item,
+from dynslice.evaluation.local_tasks import (jsonl_task, lm_eval_prompts_file, mmlu_exemplar_task, normalize_item,
                                        parse_cot_prompts)
 from dynslice.evaluation.zeroshot import plan_tasks, zero_shot
 

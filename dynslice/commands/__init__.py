@@ -1,6 +1,13 @@
-"""Subcommands of the `dynslice` CLI (one module each) and the argument types they share."""
+"""Subcommands of the `dynslice` CLI (one module each) and the options they share."""
 
 import argparse
+
+from dynslice.commands import options
+from dynslice.config import CalibrationConfig, ModelConfig
+
+MODEL_FLAGS = {"source": "--model", "revision": "--revision", "dtype": "--dtype"}
+CALIBRATION_FLAGS = {"source": "--calib", "split": "--split", "nsamples": "--nsamples", "seqlen": "--seqlen",
+                     "seed": "--seed", "batch_size": "--batch-size"}
 
 
 def positive_int(text: str) -> int:
@@ -10,16 +17,20 @@ def positive_int(text: str) -> int:
     return value
 
 
+def add_model(p: argparse.ArgumentParser) -> None:
+    options.add(p, ModelConfig, MODEL_FLAGS)
+    p.add_argument("--device", default="auto", help="compute device: auto (cuda when available), cpu, cuda, cuda:N")
+
+
 def add_model_and_calibration(p: argparse.ArgumentParser) -> None:
     """The model and calibration options shared by commands that run the model over calibration text."""
-    p.add_argument("--model", required=True,
-                   help="transformers folder, .gguf file, fsspec URI, hub id or demo name (smollm2-135m)")
-    p.add_argument("--calib", required=True,
-                   help="calibration data: a .txt/.jsonl/.parquet file or folder, a hub dataset name, an fsspec "
-                        "URI, or the demo `wiki`")
-    p.add_argument("--nsamples", type=positive_int, default=32, help="calibration windows")
-    p.add_argument("--seqlen", type=positive_int, default=256, help="tokens per window")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=positive_int, default=8)
-    p.add_argument("--device", default=None, help="compute device, e.g. cuda (default: where the model is)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "float64"])
+    add_model(p)
+    options.add(p, CalibrationConfig, CALIBRATION_FLAGS)
+
+
+def model_config(args: argparse.Namespace) -> ModelConfig:
+    return options.build(ModelConfig, args, MODEL_FLAGS)
+
+
+def calibration_config(args: argparse.Namespace) -> CalibrationConfig:
+    return options.build(CalibrationConfig, args, CALIBRATION_FLAGS)

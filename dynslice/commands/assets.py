@@ -34,7 +34,7 @@ def run_list(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from dynslice.assets import BUILDERS, MANIFEST
-    from dynslice.cache import cache_root
+    from dynslice.locations import cache_root
 
     cache = Path(args.cache or cache_root()).expanduser()
     out = {name: {"path": str(cache / rel), "present": (cache / rel / MANIFEST).is_file()}

@@ -3,23 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import logging
 
-log = logging.getLogger(__name__)
+from dynslice.commands import options
+from dynslice.config import PlanConfig
+
+PLAN_FLAGS = {"planner": "--planner", "target": "--target", "variation": "--variation", "budget": "--budget",
+              "round_to": "--round-to", "max_slice": "--max-slice"}
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("plan", help="per-layer widths from layer scores and a target",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = sub.add_parser("plan", help="per-layer widths from layer scores and a target")
     p.add_argument("--scores", required=True, help="scores.json written by `dynslice score` (path or fsspec URI)")
-    p.add_argument("--target", type=float, required=True,
-                   help="mean slicing fraction (--budget mean) or fraction of parameters removed (--budget params)")
-    p.add_argument("--variation", type=float, default=None,
-                   help="the paper's variation a in [0, target] (dynamic planner; 0 = constant widths)")
-    p.add_argument("--planner", default="dynamic", choices=["dynamic", "constant"])
-    p.add_argument("--budget", default="mean", choices=["mean", "params"])
-    p.add_argument("--max-slice", type=float, default=0.9, help="no layer is sliced more than this")
-    p.add_argument("--round-to", type=int, default=8, help="widths are multiples of this")
+    options.add(p, PlanConfig, PLAN_FLAGS)
     p.add_argument("--out", required=True, help="plan.json to write (path or fsspec URI)")
     p.add_argument("--plot", default=None, help="also write the widths as a PNG here")
     p.set_defaults(func=run)
@@ -28,22 +23,19 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     import fsspec
 
-    from dynslice import LayerScores, plot_plan, planners
-    from dynslice.errors import PlanError
+    from dynslice.errors import ConfigError
+    from dynslice.planners import make_plan
+    from dynslice.plots import plot_plan
+    from dynslice.scores import LayerScores
 
+    config = options.build(PlanConfig, args, PLAN_FLAGS)
+    if config.planner == "auto":
+        raise ConfigError("--planner auto chooses on held-out perplexity: use `dynslice run compress`")
     with fsspec.open(args.scores, "r", encoding="utf-8") as f:
         scores = LayerScores.from_json(f.read())
-    if not scores.config:
-        raise PlanError(f"{args.scores} holds no model config; re-run `dynslice score`")
-    if args.planner == "constant":
-        if args.variation not in (None, 0.0):
-            raise PlanError("--variation applies to the dynamic planner only")
-        plan = planners.constant(args.target, scores.config, budget=args.budget, round_to=args.round_to)
-    else:
-        if args.variation is None:
-            raise PlanError("--variation is required for the dynamic planner (0 <= variation <= target)")
-        plan = planners.dynamic(scores, args.target, args.variation, budget=args.budget,
-                                max_slice=args.max_slice, round_to=args.round_to)
+    variation = config.effective_variation if config.planner == "dynamic" else config.variation
+    plan = make_plan(scores, config.planner, config.target, variation=variation, budget=config.budget,
+                     round_to=config.round_to, max_slice=config.max_slice)
     with fsspec.open(args.out, "w", encoding="utf-8") as f:
         f.write(plan.to_json() + "\n")
     if args.plot:

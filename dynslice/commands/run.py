@@ -30,14 +30,14 @@ def run(args: argparse.Namespace) -> int:
     # a fresh temporary server migrates its SQLite database first: ~30 s on 2 busy cores, past Prefect's 20 s
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     if args.flow == "compress":
-        from flows.compress import compress
+        from dynslice.flows.compress import compress
 
         result = compress(config)
         print(f"\nartifacts: {result['run']}\nmodel:     {result['model']}\nreport:    {result['report']}")
     else:
         from prefect.task_runners import ThreadPoolTaskRunner
 
-        from flows.sweep import sweep
+        from dynslice.flows.sweep import sweep
 
         result = sweep.with_options(task_runner=ThreadPoolTaskRunner(max_workers=args.workers))(config)
         best = result["best"]

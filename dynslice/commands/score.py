@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import logging
 
-from dynslice.commands import add_model_and_calibration
-
-log = logging.getLogger(__name__)
+from dynslice.commands import add_model_and_calibration, calibration_config, model_config
+from dynslice.scores import METRICS
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("score", help="score each decoder layer's redundancy on calibration text",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = sub.add_parser("score", help="score each decoder layer's redundancy on calibration text")
     add_model_and_calibration(p)
     p.add_argument("--out", required=True, help="scores.json to write (path or fsspec URI)")
-    p.add_argument("--metric", default="cosine", choices=["cosine", "angular"])
+    p.add_argument("--metric", default="cosine", choices=list(METRICS))
     p.add_argument("--plot", default=None, help="also write the scores as a PNG here")
     p.set_defaults(func=run)
 
@@ -23,16 +20,20 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     import fsspec
 
-    from dynslice import plot_scores, score_layers
     from dynslice.data import calibration_windows
+    from dynslice.devices import resolve_device
     from dynslice.models import resolve_model
+    from dynslice.plots import plot_scores
+    from dynslice.scoring import score_layers
 
-    loaded = resolve_model(args.model, dtype=args.dtype)
-    model, tokenizer = loaded.model, loaded.tokenizer
-    calibration = calibration_windows(args.calib, tokenizer, args.nsamples, args.seqlen, seed=args.seed).as_dict()
-    data_id = f"{args.calib} (windows: n={args.nsamples}, seqlen={args.seqlen}, seed={args.seed})"
-    scores = score_layers(model, calibration, metric=args.metric, batch_size=args.batch_size,
-                          device=args.device, model_id=loaded.identity.key, data_id=data_id)
+    model, calib = model_config(args), calibration_config(args)
+    device = resolve_device(args.device)
+    loaded = resolve_model(model.source, revision=model.revision, dtype=model.dtype)
+    sample = calibration_windows(calib.source, loaded.tokenizer, calib.nsamples, calib.seqlen, split=calib.split,
+                                 seed=calib.seed)
+    data_id = f"{calib.source} (windows: n={calib.nsamples}, seqlen={calib.seqlen}, seed={calib.seed})"
+    scores = score_layers(loaded.model, sample.as_dict(), metric=args.metric, batch_size=calib.batch_size,
+                          device=device, model_id=loaded.identity.key, data_id=data_id)
     with fsspec.open(args.out, "w", encoding="utf-8") as f:
         f.write(scores.to_json() + "\n")
     if args.plot:

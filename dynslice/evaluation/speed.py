@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 import torch
 from tqdm.auto import tqdm
 
+from dynslice.counts import unique_parameters
 from dynslice.errors import EvaluationError
 
 log = logging.getLogger(__name__)
@@ -40,9 +41,7 @@ class SpeedResult:
 def memory_footprint(model: torch.nn.Module) -> tuple[int, int]:
     """(unique parameters, bytes of parameters + buffers); a tied head counts once."""
     tensors = {t.data_ptr(): t for t in [*model.parameters(), *model.buffers()] if t.numel()}
-    params = {p.data_ptr(): p for p in model.parameters()}
-    return (sum(p.numel() for p in params.values()),
-            sum(t.numel() * t.element_size() for t in tensors.values()))
+    return unique_parameters(model), sum(t.numel() * t.element_size() for t in tensors.values())
 
 
 def speed_prompts(vocab_size: int, batch_size: int, length: int, *, ids: torch.Tensor | None = None,

@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from dynslice.errors import EvaluationError
-from dynslice.evaluation.tasks import MMLU_TASK, jsonl_task, mmlu_exemplar_task
+from dynslice.evaluation.local_tasks import MMLU_TASK, jsonl_task, mmlu_exemplar_task
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TASK = MMLU_TASK
 PAPER_TASKS = ("piqa", "hellaswag", "arc_easy", "arc_challenge", "winogrande")
+PAPER_PRESET = "paper"  # the zero-shot suite SliceGPT and the dynamic-slicing paper report
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,11 @@ def _folder_tasks(folder: Path) -> list[str]:
     return names
 
 
+def expand_tasks(tasks: Sequence[str]) -> list[str]:
+    """Task specs with the `paper` preset replaced by its tasks."""
+    return [t for spec in tasks for t in (PAPER_TASKS if spec == PAPER_PRESET else (spec,))]
+
+
 def plan_tasks(tasks: Sequence[str], cache_dir: str | os.PathLike | None = None) -> TaskPlan:
     """Turn user task specs into lm-eval specs; local files are checked and normalized here, once."""
     if not tasks:
@@ -59,7 +65,7 @@ def plan_tasks(tasks: Sequence[str], cache_dir: str | os.PathLike | None = None)
     specs: list[Any] = []
     includes: list[str] = []
     registry = False
-    for spec in tasks:
+    for spec in expand_tasks(tasks):
         path = Path(str(spec)).expanduser()
         if spec == DEFAULT_TASK:
             specs.append(mmlu_exemplar_task(cache_dir))

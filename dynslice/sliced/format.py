@@ -24,20 +24,16 @@ from torch import nn
 
 from dynslice.errors import DynsliceError
 from dynslice.sliced import modeling_dynslice
-from dynslice.sliced.modeling_dynslice import FORMAT_VERSION, sliced_class
+from dynslice.locations import is_uri
+from dynslice.sliced.modeling_dynslice import FORMAT_VERSION, sliced_class, sliced_meta
 
 log = logging.getLogger(__name__)
 
 ENTRY = "DynsliceForCausalLM"
 
 
-def _is_remote(uri: str) -> bool:
-    return "://" in str(uri) and not str(uri).startswith("file://")
-
-
 def _write_local(model: nn.Module, folder: Path, tokenizer, max_shard_size: str) -> None:
-    meta = getattr(model.config, "dynslice", None)
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
+    if sliced_meta(model.config) is None:
         raise DynsliceError("save_sliced needs a model returned by slice_model (or load_sliced)")
     folder.mkdir(parents=True, exist_ok=True)
     config = model.config.to_dict()
@@ -56,7 +52,7 @@ def _write_local(model: nn.Module, folder: Path, tokenizer, max_shard_size: str)
 def save_sliced(model: nn.Module, path: str | os.PathLike, tokenizer=None, *, max_shard_size: str = "5GB") -> str:
     """Write a sliced model to a folder or fsspec URI; returns the path written."""
     path = str(path)
-    if not _is_remote(path):
+    if not is_uri(path):
         _write_local(model, Path(path.removeprefix("file://")), tokenizer, max_shard_size)
         return path
     with tempfile.TemporaryDirectory(prefix="dynslice-save-") as tmp:
@@ -83,7 +79,7 @@ def load_sliced(path: str | os.PathLike, device: str | torch.device | None = Non
     Extra keyword arguments (e.g. attn_implementation) go to transformers' from_pretrained.
     """
     path = str(path)
-    if _is_remote(path):
+    if is_uri(path):
         local = _local_copy(path)
         try:
             return load_sliced(local, device, dtype, **from_pretrained_kwargs)
@@ -91,8 +87,8 @@ def load_sliced(path: str | os.PathLike, device: str | torch.device | None = Non
             shutil.rmtree(local, ignore_errors=True)  # the weights are in memory now
     path = path.removeprefix("file://")
     config = transformers.AutoConfig.from_pretrained(path)
-    meta = getattr(config, "dynslice", None)
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
+    meta = sliced_meta(config)
+    if meta is None:
         raise DynsliceError(f"{path} is not a dynslice sliced model (config.json has no `dynslice` entry of "
                             f"format {FORMAT_VERSION})")
     kwargs = dict(from_pretrained_kwargs, **({"dtype": dtype} if dtype is not None else {}))

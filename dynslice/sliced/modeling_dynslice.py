@@ -13,32 +13,11 @@ A sliced model is its base transformers model with three changes, all described 
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import transformers
 from torch import nn
 
 FORMAT_VERSION = 1
-_MISSING = object()
-
-
-def get_path(root: Any, path: str, default: Any = _MISSING) -> Any:
-    obj = root
-    for part in path.split("."):
-        if not hasattr(obj, part):
-            if default is _MISSING:
-                raise AttributeError(f"{type(root).__name__} has no `{path}`")
-            return default
-        obj = getattr(obj, part)
-    return obj
-
-
-def set_path(root: Any, path: str, value: Any) -> None:
-    parent, _, leaf = path.rpartition(".")
-    setattr(get_path(root, parent) if parent else root, leaf, value)
-
-
 class RMSN(nn.Module):
     """Scale-free RMSNorm whose mean runs over the original width, so it stays right on a sliced stream."""
 
@@ -125,18 +104,18 @@ def _norm_eps(norm: nn.Module) -> float:
 def replace_norms(model: nn.Module, arch: dict, full_width: int) -> None:
     """Swap every norm for RMSN (no weights: the caller has folded or will load them elsewhere)."""
     paths = [arch["final_norm"]]
-    for i in range(len(get_path(model, arch["layers"]))):
+    for i in range(len(model.get_submodule(arch["layers"]))):
         prefix = f"{arch['layers']}.{i}."
         paths += [prefix + arch["attn_norm"]] + ([prefix + arch["mlp_norm"]] if arch["mlp_norm"] else [])
     for path in paths:
-        norm = get_path(model, path)
+        norm = model.get_submodule(path)
         if not isinstance(norm, RMSN):
-            set_path(model, path, RMSN(full_width, _norm_eps(norm)))
+            model.set_submodule(path, RMSN(full_width, _norm_eps(norm)))
 
 
 def wrap_layers(model: nn.Module, arch: dict) -> None:
     """Replace each decoder layer by the shortcut-carrying block of its topology (shortcuts start as identity)."""
-    layers = get_path(model, arch["layers"])
+    layers = model.get_submodule(arch["layers"])
     block = BLOCKS[arch["topology"]]
     for i, layer in enumerate(layers):
         if not isinstance(layer, _Block):
@@ -166,22 +145,22 @@ def reshape_linear(linear: nn.Linear, in_features: int | None = None, out_featur
 def structure_ends(model: nn.Module, arch: dict, d_first: int, d_last: int) -> None:
     """Embeddings write `d_first` columns; the head reads `d_last`."""
     for path in arch["embeddings"]:
-        emb = get_path(model, path)
+        emb = model.get_submodule(path)
         emb.weight = _param(emb.weight, emb.num_embeddings, d_first)
         emb.embedding_dim = d_first
-    reshape_linear(get_path(model, arch["head"]), in_features=d_last, bias=reads_norm_with_bias(arch))
+    reshape_linear(model.get_submodule(arch["head"]), in_features=d_last, bias=reads_norm_with_bias(arch))
 
 
 def structure_block(block: _Block, arch: dict, d_in: int, d_mid: int, d_out: int) -> None:
     """Give one (already wrapped) block the sliced shapes: reads d_in, attention writes d_mid, MLP d_out."""
     biased, parallel = reads_norm_with_bias(arch), arch["topology"] == "parallel"
     for path in arch["attn_inputs"]:
-        reshape_linear(get_path(block, path), in_features=d_in, bias=biased)
-    reshape_linear(get_path(block, arch["attn_output"]), out_features=d_out if parallel else d_mid)
+        reshape_linear(block.get_submodule(path), in_features=d_in, bias=biased)
+    reshape_linear(block.get_submodule(arch["attn_output"]), out_features=d_out if parallel else d_mid)
     for path in arch["mlp_inputs"]:
-        reshape_linear(get_path(block, path), in_features=d_in if parallel else d_mid, bias=biased)
-    reshape_linear(get_path(block, arch["mlp_output"]), out_features=d_out)
-    like = get_path(block, arch["mlp_output"]).weight
+        reshape_linear(block.get_submodule(path), in_features=d_in if parallel else d_mid, bias=biased)
+    reshape_linear(block.get_submodule(arch["mlp_output"]), out_features=d_out)
+    like = block.get_submodule(arch["mlp_output"]).weight
     if parallel:
         block.shortcut = _param(like, d_in, d_out)
     else:
@@ -195,7 +174,7 @@ def apply_structure(model: nn.Module, meta: dict) -> None:
     replace_norms(model, arch, model.config.hidden_size)
     wrap_layers(model, arch)
     structure_ends(model, arch, widths[0], widths[-1])
-    for i, block in enumerate(get_path(model, arch["layers"])):
+    for i, block in enumerate(model.get_submodule(arch["layers"])):
         structure_block(block, arch, widths[i], mid[i], widths[i + 1])
 
 
@@ -218,9 +197,25 @@ def sliced_class(base_name: str) -> type:
     return _SLICED_CLASSES[base_name]
 
 
-def _check_config(config) -> dict:
+def sliced_meta(config) -> dict | None:
+    """The `dynslice` entry of a sliced model's config if it is of this format version, else None: the one
+    place that decides whether a config describes a sliced model."""
     meta = getattr(config, "dynslice", None)
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
+    if isinstance(config, dict):
+        meta = config.get("dynslice")
+    return meta if isinstance(meta, dict) and meta.get("format") == FORMAT_VERSION else None
+
+
+def mark_sliced(model: nn.Module, arch: dict, plan: dict) -> None:
+    """Record in the model's config what rebuilds the sliced shapes: the base class, the module paths and the
+    per-layer widths (plus the whole plan, for people)."""
+    model.config.dynslice = {"format": FORMAT_VERSION, "base_class": type(model).__name__, "arch": arch,
+                             "widths": list(plan["widths"]), "mid": list(plan["mid"]), "plan": plan}
+
+
+def _check_config(config) -> dict:
+    meta = sliced_meta(config)
+    if meta is None:
         raise ValueError(f"not a dynslice sliced-model config (format {FORMAT_VERSION} expected)")
     return meta
 

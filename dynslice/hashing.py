@@ -1,19 +1,13 @@
-"""The local cache folder (demo assets, copies of remote models) and the content hashes keyed into it."""
+"""Content hashes: of files, bytes, folders (by their files' hashes) and JSON values (canonical form)."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
-from pathlib import Path
+from typing import Any
 
-CACHE_ENV = "DYNSLICE_CACHE"
-_CHUNK = 1 << 20
-
-
-def cache_root() -> Path:
-    """$DYNSLICE_CACHE, else ~/.cache/dynslice (not created here)."""
-    env = os.environ.get(CACHE_ENV)
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "dynslice"
+_CHUNK = 1 << 22
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -34,3 +28,12 @@ def sha256_tree(files: dict[str, str]) -> str:
     for name in sorted(files):
         h.update(f"{name}\0{files[name]}\n".encode())
     return h.hexdigest()
+
+
+def canonical_json(data: Any) -> str:
+    """The one JSON text of a value (sorted keys, no spaces): what keys and hashes are computed over."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def sha256_json(data: Any) -> str:
+    return sha256_bytes(canonical_json(data).encode())

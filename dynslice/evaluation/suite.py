@@ -1,17 +1,17 @@
-"""One evaluation run over one or two models (e.g. sliced and its dense baseline): the settings value, the
-JSON-able report, and the table people read."""
+"""One evaluation run over one or more models (e.g. sliced and its dense baseline) with one EvaluationConfig:
+the JSON-able report, and the table people read."""
 
 from __future__ import annotations
 
 import logging
+import os
 import time
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 
 from dynslice.data import default_eval_split, load_corpus, resolve_data
-from dynslice.errors import EvaluationError
+from dynslice.config import EvaluationConfig
 from dynslice.evaluation.perplexity import perplexity, token_stream
 from dynslice.evaluation.speed import measure_speed, speed_prompts
 from dynslice.evaluation.zeroshot import zero_shot
@@ -20,47 +20,21 @@ from dynslice.models import LoadedModel
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class EvalSettings:
-    ppl: str | None = None  # data source: wikitext2, wiki, a file, a folder, a URI
-    ppl_split: str | None = None  # default: the source's evaluation split
-    seqlen: int = 2048
-    max_windows: int | None = None
-    field: str = "text"
-    tasks: tuple[str, ...] = ()
-    limit: int | None = None
-    num_fewshot: int | None = None
-    speed: bool = False
-    prompt_len: int = 128
-    decode_tokens: int = 32
-    speed_batch: int = 1
-    repeats: int = 3
-    batch_size: int = 4
-    cache_dir: str | None = None
-
-    def check(self) -> None:
-        if not (self.ppl or self.tasks or self.speed):
-            raise EvaluationError("nothing to evaluate: pass --ppl DATA, --tasks [TASK ...] and/or --speed")
-        for name in ("seqlen", "prompt_len", "decode_tokens", "speed_batch", "repeats", "batch_size"):
-            if getattr(self, name) < 1:
-                raise EvaluationError(f"{name} must be >= 1, got {getattr(self, name)}")
-
-
-def _ppl_text(settings: EvalSettings) -> tuple[str, dict[str, Any]]:
-    split = settings.ppl_split or default_eval_split(settings.ppl)
-    src = resolve_data(settings.ppl, split, field=settings.field, cache_dir=settings.cache_dir)
+def _ppl_text(evaluation: EvaluationConfig, cache_dir) -> tuple[str, dict[str, Any]]:
+    split = evaluation.ppl_split or default_eval_split(evaluation.ppl)
+    src = resolve_data(evaluation.ppl, split, field=evaluation.field, cache_dir=cache_dir)
     corpus = load_corpus(src)
-    return corpus.eval_text, {"source": settings.ppl, "split": src.split, "location": src.describe(),
+    return corpus.eval_text, {"source": evaluation.ppl, "split": src.split, "location": src.describe(),
                               "key": corpus.source_key, "documents": len(corpus.documents)}
 
 
-def evaluate_models(models: dict[str, LoadedModel], settings: EvalSettings) -> dict[str, Any]:
+def evaluate_models(models: dict[str, LoadedModel], evaluation: EvaluationConfig,
+                    cache_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """Run every evaluation asked for on each model (same data, same prompts); returns the JSON report."""
-    settings.check()
-    report: dict[str, Any] = {"settings": asdict(settings), "models": {}}
+    report: dict[str, Any] = {"settings": evaluation.model_dump(), "models": {}}
     text = None
-    if settings.ppl:
-        text, report["data"] = _ppl_text(settings)
+    if evaluation.ppl:
+        text, report["data"] = _ppl_text(evaluation, cache_dir)
     shared_prompts = None
     for label, loaded in models.items():
         model, tok = loaded.model, loaded.tokenizer
@@ -70,22 +44,22 @@ def evaluate_models(models: dict[str, LoadedModel], settings: EvalSettings) -> d
         if text is not None:
             t0 = time.perf_counter()
             ids = token_stream(tok, text)
-            entry["perplexity"] = perplexity(model, ids, settings.seqlen, max_windows=settings.max_windows,
-                                             batch_size=settings.batch_size).to_dict()
+            entry["perplexity"] = perplexity(model, ids, evaluation.ppl_seqlen, max_windows=evaluation.ppl_windows,
+                                             batch_size=evaluation.batch_size).to_dict()
             entry["wall_s"]["perplexity"] = round(time.perf_counter() - t0, 2)
-        if settings.tasks:
+        if evaluation.tasks:
             t0 = time.perf_counter()
-            entry["zero_shot"] = zero_shot(model, tok, settings.tasks, batch_size=settings.batch_size,
-                                           limit=settings.limit, num_fewshot=settings.num_fewshot,
-                                           cache_dir=settings.cache_dir).to_dict()
+            entry["zero_shot"] = zero_shot(model, tok, evaluation.tasks, batch_size=evaluation.batch_size,
+                                           limit=evaluation.limit, num_fewshot=evaluation.num_fewshot,
+                                           cache_dir=cache_dir).to_dict()
             entry["wall_s"]["zero_shot"] = round(time.perf_counter() - t0, 2)
-        if settings.speed:
+        if evaluation.speed:
             if shared_prompts is None:  # the first model's tokens; every model gets the same prompts
-                shared_prompts = speed_prompts(model.config.vocab_size, settings.speed_batch, settings.prompt_len,
-                                               ids=ids)
+                shared_prompts = speed_prompts(model.config.vocab_size, evaluation.speed_batch,
+                                               evaluation.prompt_len, ids=ids)
             t0 = time.perf_counter()
-            entry["speed"] = measure_speed(model, shared_prompts, decode_tokens=settings.decode_tokens,
-                                           repeats=settings.repeats).to_dict()
+            entry["speed"] = measure_speed(model, shared_prompts, decode_tokens=evaluation.decode_tokens,
+                                           repeats=evaluation.repeats).to_dict()
             entry["wall_s"]["speed"] = round(time.perf_counter() - t0, 2)
         report["models"][label] = entry
     report["torch"] = torch.__version__

@@ -18,7 +18,8 @@ from typing import Any
 
 import yaml
 
-from dynslice.cache import cache_root, sha256_bytes, sha256_file
+from dynslice.hashing import sha256_bytes, sha256_file
+from dynslice.locations import cache_root
 from dynslice.errors import EvaluationError
 
 log = logging.getLogger(__name__)
