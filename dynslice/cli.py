@@ -12,7 +12,7 @@ import sys
 
 from dynslice.errors import DynsliceError
 
-COMMANDS = ("slice", "score", "plan", "assets", "evaluate", "run", "ls")
+COMMANDS = ("slice", "score", "plan", "assets", "evaluate", "run", "ls", "push")
 
 
 def build_parser() -> argparse.ArgumentParser:
