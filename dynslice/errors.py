@@ -51,3 +51,7 @@ class EvaluationError(DynsliceError):
 
 class StoreError(DynsliceError):
     """An artifact store URI, key or artifact is malformed, or the store cannot be used."""
+
+
+class HubError(DynsliceError):
+    """A model cannot be published to the Hub as asked: not a sliced model, a bad repo id, or refused."""

@@ -26,11 +26,11 @@ from huggingface_hub.errors import HfHubHTTPError, HFValidationError, OfflineMod
 from huggingface_hub.utils import validate_repo_id
 
 from dynslice import report
-from dynslice.cache import sha256_file
-from dynslice.errors import DynsliceError
-from dynslice.models import is_uri
+from dynslice.errors import HubError
+from dynslice.hashing import sha256_file
+from dynslice.locations import is_uri
 from dynslice.plan import SlicePlan
-from dynslice.sliced.modeling_dynslice import FORMAT_VERSION
+from dynslice.sliced.modeling_dynslice import FORMAT_VERSION, sliced_meta
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +49,6 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 AUTO_LOADED_WEIGHTS = (".safetensors", ".safetensors.index.json", ".bin", ".bin.index.json")
 # transient Hub answers: left as they are (OSError), so a Prefect task's retry rule retries them
 _TRANSIENT_STATUS = {408, 429}
-
-
-class HubError(DynsliceError):
-    """A model cannot be published to the Hub as asked: not a sliced model, a bad repo id, or refused."""
 
 
 @dataclass(frozen=True)
@@ -77,8 +73,8 @@ def sliced_config(folder: str | os.PathLike) -> dict:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise HubError(f"{path} is not valid JSON ({exc}); {hint}") from exc
-    meta = config.get("dynslice") if isinstance(config, dict) else None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION or "widths" not in meta:
+    meta = sliced_meta(config) if isinstance(config, dict) else None
+    if meta is None or "widths" not in meta:
         raise HubError(f"{folder} is not a dynslice sliced model: its config.json has no `dynslice` entry of "
                        f"format {FORMAT_VERSION} (a dense model? slice it first); {hint}")
     if not (folder / "modeling_dynslice.py").is_file():
@@ -412,7 +408,7 @@ def _evaluation_section(summary: dict | None) -> list[str]:
              report.markdown_table(report.comparison_rows(dense, sliced), ("", "dense", "sliced"))]
     if evaluation:  # the run report's own wording of the settings (one place for it), paths shortened
         shown = dict(evaluation, ppl=_shown(evaluation["ppl"]) if evaluation.get("ppl") else evaluation.get("ppl"))
-        lines += ["", f"Settings: {report._eval_line(shown)}."]
+        lines += ["", f"Settings: {report.eval_line(shown)}."]
     if "speed" in sliced:
         lines += ["", "Speed and memory depend on the machine the run used; compare them only within this table."]
     return lines

@@ -64,14 +64,14 @@ def compress_report(run: str, config: dict, results: dict[str, dict], images: di
         f" {sliced.get('wall_s', 'n/a')} s", "",
         "## Dense against sliced", "",
         markdown_table(comparison_rows(results["dense_eval"], results["sliced_eval"]), ("", "dense", "sliced")),
-        "", f"Evaluation: {_eval_line(config['evaluation'])}", "",
+        "", f"Evaluation: {eval_line(config['evaluation'])}", "",
     ]
     for caption, ref in images.items():
         lines += [f"### {caption}", "", f"![{caption}]({ref})", ""]
     return "\n".join(lines)
 
 
-def _eval_line(evaluation: dict) -> str:
+def eval_line(evaluation: dict) -> str:
     parts = []
     if evaluation.get("ppl"):
         windows = evaluation.get("ppl_windows") or "all"

@@ -10,7 +10,7 @@ import dynslice
 from conftest import calibration, tiny_model, tiny_tokenizer
 from dynslice.commands import assets as assets_command
 from dynslice.commands import evaluate as evaluate_command
-from dynslice.errors import ConfigError, EvaluationError
+from dynslice.errors import ConfigError
 
 
 def _run(module, argv: list[str]) -> int:

@@ -257,7 +257,11 @@ def test_build_context_holds_what_the_build_needs():
     needed = {"pyproject.toml", pyproject["project"]["readme"]}
     # the folders setuptools packages from: package-dir targets, else the top-level names `find` includes
     needed |= {d.split("/")[0] for d in setuptools.get("package-dir", {}).values() if d}
-    needed |= {p.split(".")[0].rstrip("*") for p in setuptools.get("packages", {}).get("find", {}).get("include", [])}
+    packages = setuptools.get("packages", {})
+    if isinstance(packages, list):  # explicit packages: those not mapped elsewhere live under their top-level name
+        needed |= {p.split(".")[0] for p in packages if p not in setuptools.get("package-dir", {})}
+    else:
+        needed |= {p.split(".")[0].rstrip("*") for p in packages.get("find", {}).get("include", [])}
     for instruction, args in dockerfile_instructions():
         if instruction == "COPY":
             needed |= {a for a in args.split()[:-1] if not a.startswith("--")}

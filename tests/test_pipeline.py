@@ -3,7 +3,6 @@ subprocesses killed with SIGKILL, and a real S3-compatible server (moto) for the
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
