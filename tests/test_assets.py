@@ -69,13 +69,6 @@ def test_manifest_written_last_and_checked(tmp_path):
         assets._publish(staging, folder, {}, {"a.txt": sha256_bytes(b"a")}, strict=True)
 
 
-def test_recorded_hashes_are_complete():
-    for wheel in (assets.SMOLLM2_WHEEL, assets.EXLLAMAV2_WHEEL):
-        assert len(wheel.sha256) == 64 and wheel.filename.startswith(wheel.requirement.split("==")[0].replace("-", "_"))
-    assert all(v is not None and len(v) == 64 for v in assets.EXPECTED.values())
-    assert "CC BY-SA" in assets.ATTRIBUTION
-
-
 def test_unknown_asset(tmp_path):
     with pytest.raises(AssetError, match="choose from smollm2-135m"):
         fetch_assets(["llama-70b"], cache_dir=tmp_path)
@@ -91,8 +84,10 @@ def test_fetch_is_idempotent_and_repairs(tmp_path):
     assert {v["status"] for k, v in first.items() if k != "mmlu_exemplars"} == {"fetched"}
     wiki = tmp_path / "data/wiki"
     assert "CC BY-SA" in (wiki / "ATTRIBUTION.txt").read_text()
-    assert first["wiki"]["files"]["test.jsonl"] == assets.EXPECTED["wiki/test.jsonl"]
-    assert first["smollm2-135m"]["files"]["model.safetensors"] == assets.EXPECTED["smollm2-135m/model.safetensors"]
+    # the recorded hashes (assets.EXPECTED, from a fetch with transformers 5.24) against what this fetch made
+    for name, digest in assets.EXPECTED.items():
+        asset, _, file = name.partition("/")
+        assert first[asset]["files"][file] == digest, name
     second = fetch_assets(["wiki", "smollm2-135m"], cache_dir=tmp_path)
     assert second["wiki"]["status"] == second["smollm2-135m"]["status"] == "cached"
     (wiki / "test.jsonl").write_text("corrupted\n")

@@ -1,5 +1,6 @@
 """The model resolver: every source kind loads the same weights, and identity follows content, not paths."""
 
+import os
 import shutil
 from pathlib import Path
 
@@ -138,6 +139,43 @@ def test_s3_uri_is_copied_to_the_cache_once(dense_dir, tmp_path, monkeypatch):
         fs.pipe(f"{bucket}/models/tiny/README.md", b"changed upstream")
         resolve_model(uri, cache_dir=tmp_path / "cache")
         assert (copies[0] / "README.md").read_bytes() == b"changed upstream"  # a changed listing is copied anew
+
+
+def test_identity_reads_the_weights_once_then_only_their_version_stamps(tmp_path, monkeypatch):
+    """A fully cached run of a big local model must not re-read its weights to know which model it is."""
+    from dynslice import identity
+
+    folder = tmp_path / "model"
+    tiny_model("llama", dtype=torch.float32).save_pretrained(folder)
+    hashed = []
+    real = identity.sha256_file
+    monkeypatch.setattr(identity, "sha256_file", lambda path: hashed.append(path.name) or real(path))
+    first = identity.identify_model(str(folder), cache_dir=tmp_path / "cache")
+    assert sorted(hashed) == ["config.json", "model.safetensors"]
+    hashed.clear()
+    assert identity.identify_model(str(folder), cache_dir=tmp_path / "cache") == first
+    assert hashed == []  # remembered against size, mtime, ctime and inode: nothing was read
+    weights = folder / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0x01
+    stat = weights.stat()
+    weights.write_bytes(bytes(data))
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # same size, same mtime: ctime still moves
+    changed = identity.identify_model(str(folder), cache_dir=tmp_path / "cache")
+    assert hashed == ["model.safetensors"] and changed.key != first.key
+
+
+def test_a_uri_is_identified_from_its_listing_after_the_first_download(dense_dir, tmp_path, monkeypatch):
+    from dynslice import identity
+
+    with s3_server(monkeypatch) as (fs, bucket):
+        fs.put(str(dense_dir), f"{bucket}/models/tiny", recursive=True)
+        uri = f"s3://{bucket}/models/tiny"
+        first = identity.identify_model(uri, cache_dir=tmp_path / "cache")
+        assert first.key == f"sha256:{folder_sha256(dense_dir)}"
+        shutil.rmtree(tmp_path / "cache" / "remote")  # a fresh worker: no local copy left
+        monkeypatch.setattr(identity, "fetch_uri", lambda *a, **k: pytest.fail("downloaded again"))
+        assert identity.identify_model(uri, cache_dir=tmp_path / "cache") == first
 
 
 def test_classify_sources(dense_dir, tmp_path):

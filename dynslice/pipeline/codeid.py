@@ -63,17 +63,22 @@ def _absolute(module: str, is_package: bool, node: ast.ImportFrom) -> str:
 def _package_binding(package: str, name: str) -> str | None:
     """The module a package's __init__ takes `name` from (None if it defines nothing of that name)."""
     source, _ = _source(package)
-    for node in ast.walk(ast.parse(source)):
+    for node in ast.walk(_parsed(source)):
         if isinstance(node, ast.ImportFrom) and any((a.asname or a.name) == name for a in node.names):
             return _absolute(package, True, node)
     return None
+
+
+@lru_cache(maxsize=512)
+def _parsed(source: str) -> ast.Module:
+    return ast.parse(source)
 
 
 def _imports(module: str) -> set[str]:
     """The dynslice modules whose code `module` uses (package __init__ files resolved through)."""
     source, is_package = _source(module)
     found: set[str] = set()
-    for node in ast.walk(ast.parse(source)):
+    for node in ast.walk(_parsed(source)):
         if isinstance(node, ast.Import):
             found.update(a.name for a in node.names if a.name.split(".")[0] == ROOT)
         elif isinstance(node, ast.ImportFrom):
@@ -107,7 +112,12 @@ def closure(entries: tuple[str, ...]) -> tuple[str, ...]:
 
 def module_hash(module: str) -> str:
     """sha256 of a module's syntax tree without docstrings (comments and formatting never count)."""
-    tree = _strip_docstrings(ast.parse(_source(module)[0]))
+    return _tree_hash(_source(module)[0])
+
+
+@lru_cache(maxsize=512)
+def _tree_hash(source: str) -> str:
+    tree = _strip_docstrings(ast.parse(source))  # a fresh tree: stripping edits it in place
     return sha256_bytes(ast.dump(tree, annotate_fields=True, include_attributes=False).encode())
 
 
