@@ -124,7 +124,8 @@ def load_corpus(src: DataSource) -> Corpus:
 
 
 def data_key(src: DataSource) -> str:
-    """The key `load_corpus(src).source_key` would have, without reading the rows of a file or a streamed split."""
+    """The key `load_corpus(src).source_key` would have, without parsing rows (files are still hashed, and a
+    hub split read whole, streaming=false, is downloaded first)."""
     from dynslice.datareader import open_split
 
     return open_split(src).key
