@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# `datasets` writes lock files (and Arrow caches) under HF_DATASETS_CACHE, read once at its import: the tests'
+# go to a folder of their own, removed when the session ends, never into the user's ~/.cache/huggingface
+_HF_DATASETS_CACHE = tempfile.TemporaryDirectory(prefix="dynslice-tests-hf-datasets-")
+os.environ["HF_DATASETS_CACHE"] = _HF_DATASETS_CACHE.name
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

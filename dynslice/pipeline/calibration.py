@@ -11,7 +11,7 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
 from dynslice.config import CalibrationConfig, ModelConfig
-from dynslice.data import load_corpus, resolve_data, sample_windows, tokenizer_fingerprint
+from dynslice.data import calibration_windows, data_key, resolve_data, tokenizer_fingerprint
 from dynslice.models import tokenizer_of
 from dynslice.pipeline.stage import Output, Stage, run_stage
 from dynslice.store import ArtifactRef, ArtifactStore
@@ -23,12 +23,11 @@ def run(store: ArtifactStore, model: ModelConfig, calibration: CalibrationConfig
     c = calibration
     tokenizer = tokenizer_of(model.source, model.revision)
     source = resolve_data(c.source, c.split)
-    corpus = load_corpus(source)
-    inputs = {"tokenizer": tokenizer_fingerprint(tokenizer), "data": corpus.source_key, "split": source.split,
+    inputs = {"tokenizer": tokenizer_fingerprint(tokenizer), "data": data_key(source), "split": source.split,
               "sampling": {"nsamples": c.nsamples, "seqlen": c.seqlen, "seed": c.seed}}
 
     def compute(key: str) -> Output:
-        sample = sample_windows(tokenizer, corpus, c.nsamples, c.seqlen, seed=c.seed, where=source.describe())
+        sample = calibration_windows(c.source, tokenizer, c.nsamples, c.seqlen, split=c.split, seed=c.seed)
         result = {"data": sample.identity.to_dict(), "num_tokens": int(sample.attention_mask.sum()),
                   "nsamples": c.nsamples, "seqlen": c.seqlen}
         return Output(result, {"calibration.safetensors": save_tensors(sample.as_dict())})

@@ -12,7 +12,7 @@ from typing import Any
 
 from dynslice.config import EvaluationConfig, ModelConfig
 from dynslice.counts import unique_parameters
-from dynslice.data import default_eval_split, load_corpus, resolve_data
+from dynslice.data import data_key, default_eval_split, resolve_data
 from dynslice.devices import machine, resolve_device
 from dynslice.evaluation.suite import evaluate_models
 from dynslice.evaluation.zeroshot import expand_tasks
@@ -52,7 +52,7 @@ def data_identity(evaluation: EvaluationConfig) -> dict[str, Any]:
     if evaluation.ppl:
         src = resolve_data(evaluation.ppl, evaluation.ppl_split or default_eval_split(evaluation.ppl),
                            field=evaluation.field)
-        out["ppl"] = load_corpus(src).source_key
+        out["ppl"] = data_key(src)
     tasks = {}
     for spec in expand_tasks(evaluation.tasks):
         path = Path(spec).expanduser()
