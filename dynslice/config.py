@@ -67,7 +67,8 @@ class EvaluationConfig(_Strict):
     ppl_split: str | None = Field(None, description="split to measure perplexity on (default: the source's test split)")
     ppl_seqlen: int = Field(256, ge=2, description="perplexity window length in tokens")
     ppl_windows: int | None = Field(64, ge=1, description="only the first n windows; null for all")
-    field: str = Field("text", description="the text field of JSON/parquet perplexity data")
+    field: str | None = Field(None, description="the text column of JSON/parquet perplexity data (default: the "
+                                                "source's own, else `text`)")
     tasks: list[str] = Field(default_factory=lambda: ["mmlu_exemplars"],
                              description="lm-eval tasks, local JSONL/YAML task files or folders, `mmlu_exemplars` "
                                          "(offline) or `paper` (piqa, hellaswag, arc_easy, arc_challenge, "

@@ -92,6 +92,32 @@ def test_failed_evaluate_reruns_only_evaluate(workspace):
     assert "| perplexity |" in report and "removed)" in report
 
 
+def test_library_log_lines_reach_the_run_in_prefect(workspace):
+    """What the library logs ("calibration: computing ...", the layer loop) shows in the UI under its run."""
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    from dynslice.flows.compress import compress
+
+    ws = workspace
+    (ws / "eval.txt").write_text(TEXT[::-1])
+    state = compress(load_config(config(ws)), return_state=True)
+    assert state.is_completed()
+    flow_run_id = state.state_details.flow_run_id
+
+    async def logs():
+        async with get_client() as client:
+            return await client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+
+    records = asyncio.run(logs())
+    library = [r for r in records if r.name.startswith("dynslice.") and not r.name.startswith("dynslice.tasks")]
+    messages = " | ".join(r.message for r in library)
+    assert any(r.message.startswith("slice: computing") and r.task_run_id for r in library), messages
+    assert any(r.name == "dynslice.compress" and r.message.startswith("sliced ") for r in library), messages
+
+
 def test_scoring_parameter_recomputes_from_scoring_on(workspace):
     ws = workspace
     (ws / "eval.txt").write_text(TEXT[::-1])
