@@ -55,3 +55,10 @@ class StoreError(DynsliceError):
 
 class HubError(DynsliceError):
     """A model cannot be published to the Hub as asked: not a sliced model, a bad repo id, or refused."""
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception's message cut to its first line: an error or a log line never carries a file's contents
+    (a decoding error's repr can hold the whole file)."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__

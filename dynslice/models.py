@@ -14,8 +14,9 @@ from typing import Any
 
 import torch
 import transformers
+from safetensors import SafetensorError
 
-from dynslice.errors import SourceError
+from dynslice.errors import SourceError, first_line
 from dynslice.identity import ModelIdentity, identify_model
 from dynslice.locations import local_path
 from dynslice.sources import classify_source, demo_folder, fetch_uri
@@ -97,8 +98,9 @@ def _load_dense(folder: str, dtype, revision: str | None = None, **kwargs) -> tr
     try:
         return transformers.AutoModelForCausalLM.from_pretrained(
             folder, dtype=dtype if dtype is not None else "auto", **kwargs).eval()
-    except (OSError, ValueError) as exc:
-        raise SourceError(f"cannot load a causal LM from {folder}: {exc}") from exc
+    except (OSError, ValueError, SafetensorError) as exc:  # missing, truncated or foreign weight files
+        raise SourceError(f"cannot load a causal LM from {folder}: {type(exc).__name__}: {first_line(exc)}. "
+                          f"Check the folder's weight files (re-save with save_pretrained)") from None
 
 
 def _load_local(path: Path, dtype, **kwargs) -> transformers.PreTrainedModel:

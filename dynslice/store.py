@@ -30,9 +30,11 @@ from typing import Any
 
 import fsspec
 
+from dynslice import atomic
 from dynslice.errors import StoreError
 from dynslice.hashing import canonical_json, sha256_file
-from dynslice.locations import Memo, version_stamp
+from dynslice.locations import Memo, stat_stamp
+from dynslice.storeaccess import credential_source, is_transient
 
 log = logging.getLogger(__name__)
 
@@ -119,8 +121,12 @@ class ArtifactStore:
         self.options = dict(options)  # for other readers of this store (e.g. the slicing checkpoints)
         if self.uri.startswith("file://"):
             options.setdefault("auto_mkdir", True)  # local writes create their folders, like object stores
-        self.fs, self.root = fsspec.core.url_to_fs(self.uri, **options)
+        try:
+            self.fs, self.root = fsspec.core.url_to_fs(self.uri, **options)
+        except (ValueError, ImportError) as exc:  # an unknown protocol, or its package missing
+            raise StoreError(f"cannot open the store {self.uri}: {exc}") from None
         self.root = self.root.rstrip("/")
+        self.local = self.uri.startswith("file://")
 
     def path(self, *parts: str) -> str:
         return "/".join([self.root, *parts])
@@ -142,16 +148,29 @@ class ArtifactStore:
         self.fs.mv(tmp, target)
         return digest
 
+    def _content_stamp(self, path: str) -> str | None:
+        """What proves a stored file unchanged without reading it: a content hash the store computes (S3's ETag,
+        computed by the server from the bytes) or, on a local disk, size, mtime, ctime and inode (ctime cannot be
+        set back). None when the store offers neither: the file is then hashed on every lookup."""
+        if self.local:
+            return ":".join(map(str, stat_stamp(path)))
+        info = self.fs.info(path)
+        etag = info.get("ETag") or info.get("etag")
+        return f"{info.get('size')}:{etag}" if etag else None
+
+    def _memo(self, digest: str) -> tuple[Memo, str]:
+        return Memo("verified-blobs"), f"{self.uri}\0{digest}"
+
     def _blob_ok(self, digest: str) -> bool:
         """The blob exists and hashes to its name. A full hash reads the whole object (a download, on S3), so
-        a success is remembered locally against the object's version stamp (size + ETag, or size + mtime):
-        a rewritten object has a new stamp and is hashed again."""
+        a success is remembered locally against the object's content stamp: a rewritten object has a new stamp
+        and is hashed again."""
         path = self.path("blobs", digest)
         try:
-            stamp = version_stamp(self.fs.info(path))
+            stamp = self._content_stamp(path)
         except FileNotFoundError:
             return False
-        memo, memo_key = Memo("verified-blobs"), f"{self.uri}\0{digest}"
+        memo, memo_key = self._memo(digest)
         if stamp is not None and memo.get(memo_key) == stamp:
             return True
         h = hashlib.sha256()
@@ -168,10 +187,15 @@ class ArtifactStore:
         return True
 
     def read_bytes(self, ref: ArtifactRef, name: str) -> bytes:
+        """A file of an artifact, verified. A mismatch forgets that the blob was ever verified, so the next
+        lookup of its artifact is a miss and the stage recomputes it (a corrupt blob is never sticky)."""
         digest = ref.files[name]
         data = self.fs.cat_file(self.path("blobs", digest))
         if hashlib.sha256(data).hexdigest() != digest:
-            raise StoreError(f"{ref.stage}/{ref.key[:12]}:{name} does not match its sha256")
+            memo, memo_key = self._memo(digest)
+            memo.put(memo_key, None)
+            raise StoreError(f"{ref.stage}/{ref.key[:12]}:{name} does not match its sha256 (corrupted in the store "
+                             f"since it was checked): run again to recompute it")
         return data
 
     def read_json(self, ref: ArtifactRef, name: str) -> Any:
@@ -254,28 +278,107 @@ class ArtifactStore:
         if self.fs.exists(path):
             self.fs.rm(path, recursive=True)
 
+    # -- access ---------------------------------------------------------------------------------
+    def check_access(self) -> None:
+        """Write, read back and delete a small object, so a missing bucket, denied access or bad credentials
+        are found before any compute. StoreError (naming the store and the credential source) for permanent
+        problems; transient ones are raised as they are, to be retried."""
+        probe = self.path("tmp", f"access-{uuid.uuid4().hex}")
+        try:
+            self.fs.pipe_file(probe, b"dynslice access check")
+            ok = self.fs.cat_file(probe) == b"dynslice access check"
+            self.fs.rm(probe)
+        except Exception as exc:  # classified below: what s3fs, gcsfs, ... raise has no common base class
+            if is_transient(exc):
+                raise
+            source = credential_source(self.uri, self.options)
+            raise StoreError(f"cannot write to the store {self.uri} ({type(exc).__name__}: {exc}); credentials "
+                             f"from {source}. Check that the bucket exists and that these credentials may write "
+                             f"to it") from None
+        if not ok:
+            raise StoreError(f"the store {self.uri} returned other bytes than it was given: check the endpoint")
+
     # -- exports --------------------------------------------------------------------------------
     def export(self, run: str, files: dict[str, bytes | str | os.PathLike | Blob]) -> str:
-        """Human-readable copies under runs/<run>/ (MANIFEST.json with hashes written last); returns the URL.
+        """Human-readable copies under runs/<run>/ (MANIFEST.json with every file's sha256 written last); returns
+        the URL. Values: bytes, a local file, or a Blob of this store (verified, then copied inside the store).
 
-        Values: bytes, a local file, or a Blob of this store (copied inside the store, not downloaded)."""
+        The new export is complete before the old one is replaced. Local store: it is built in a staging folder
+        that then takes the old one's place at once. Object store: files are written one object at a time, so
+        the old MANIFEST.json is removed before the first changed file is written and the new one written last
+        (a killed publish leaves either the previous export intact, when nothing changed, or no manifest)."""
         _check_name("run name", run)
-        if self.fs.exists(self.path("runs", run)):  # a re-published run must not keep files of the old one
-            self.fs.rm(self.path("runs", run), recursive=True)
-        entries = {}
-        for name, content in files.items():
+        for name in files:
             _check_file_name(name)
-            target = self.path("runs", run, name)
-            if isinstance(content, Blob):
-                self.fs.copy(self.path("blobs", content.sha256), target)
-                entries[name] = content.sha256
-            elif isinstance(content, bytes):
-                self.fs.pipe_file(target, content)
-                entries[name] = hashlib.sha256(content).hexdigest()
-            else:
-                self.fs.put_file(str(content), target)
-                entries[name] = sha256_file(content)
-        self.fs.pipe_file(self.path("runs", run, "MANIFEST.json"),
-                          json.dumps({"files": entries, "created": time.time()}, indent=2, sort_keys=True).encode())
+        for name, content in files.items():
+            if isinstance(content, Blob) and not self._blob_ok(content.sha256):
+                raise StoreError(f"blob {content.sha256[:12]} for {name} is missing or corrupt: run again to "
+                                 f"recompute it")
+        return self._export_local(run, files) if self.local else self._export_objects(run, files)
+
+    def _write_export_file(self, target: str, content, verify: bool) -> str:
+        """Write one export file atomically (temporary name, then move); returns its sha256."""
+        tmp = f"{target}.{uuid.uuid4().hex}.tmp"
+        if isinstance(content, Blob):
+            self.fs.copy(self.path("blobs", content.sha256), tmp)
+            digest = content.sha256
+            if verify and self._file_sha256(tmp) != digest:
+                self.fs.rm(tmp)
+                raise StoreError(f"copying blob {digest[:12]} to {target} gave other bytes: run again")
+        elif isinstance(content, bytes):
+            self.fs.pipe_file(tmp, content)
+            digest = hashlib.sha256(content).hexdigest()
+        else:
+            self.fs.put_file(str(content), tmp)
+            digest = sha256_file(content)
+        self.fs.mv(tmp, target)
+        return digest
+
+    def _file_sha256(self, path: str) -> str:
+        h = hashlib.sha256()
+        with self.fs.open(path, "rb", block_size=_CHUNK) as f:
+            while chunk := f.read(_CHUNK):
+                h.update(chunk)
+        return h.hexdigest()
+
+    @staticmethod
+    def _manifest_bytes(entries: dict[str, str]) -> bytes:
+        return json.dumps({"files": entries, "created": time.time()}, indent=2, sort_keys=True).encode()
+
+    def _export_local(self, run: str, files: dict) -> str:
+        final = Path(self.path("runs", run))
+        atomic.recover(final)
+        staging = atomic.staging_for(final)
+        try:
+            entries = {name: self._write_export_file(str(staging / name), content, verify=True)
+                       for name, content in files.items()}
+            self.fs.pipe_file(str(staging / "MANIFEST.json"), self._manifest_bytes(entries))
+            atomic.replace_folder(staging, final)
+        finally:
+            if staging.exists():
+                self.fs.rm(str(staging), recursive=True)
         return self.url("runs", run)
 
+    def _export_objects(self, run: str, files: dict) -> str:
+        manifest = self.path("runs", run, "MANIFEST.json")
+        try:
+            current = json.loads(self.fs.cat_file(manifest)).get("files", {})
+        except (FileNotFoundError, ValueError, AttributeError):
+            current = {}
+        entries, removed_manifest = {}, False
+        for name, content in files.items():
+            target = self.path("runs", run, name)
+            digest = content.sha256 if isinstance(content, Blob) else None
+            if digest is not None and current.get(name) == digest and self.fs.exists(target):
+                entries[name] = digest  # the live export already holds these bytes
+                continue
+            if not removed_manifest and self.fs.exists(manifest):
+                self.fs.rm(manifest)  # from here on the old export is being replaced: it must not look complete
+                removed_manifest = True
+            entries[name] = self._write_export_file(target, content, verify=False)
+        self.fs.pipe_file(manifest, self._manifest_bytes(entries))
+        for stale in self.fs.find(self.path("runs", run)):
+            rel = stale[len(self.path("runs", run)) + 1:]
+            if rel != "MANIFEST.json" and rel not in entries:
+                self.fs.rm(stale)
+        return self.url("runs", run)

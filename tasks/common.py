@@ -11,16 +11,16 @@ from prefect.logging.handlers import APILogHandler
 from prefect.states import Completed
 
 from dynslice.store import ArtifactRef, ArtifactStore
+from dynslice.storeaccess import is_transient
 
-# transient storage/network trouble is retried with backoff; bad input (DynsliceError, a missing local
-# file) fails at once, since trying again cannot fix it
-_PERMANENT = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
 RETRY = {"retries": 3, "retry_delay_seconds": [2, 10, 30], "retry_jitter_factor": 0.2}
 
 
 def io_errors_only(task, task_run, state) -> bool:
+    """Retry transient storage and network trouble (connection errors, timeouts, throttling) with backoff; bad
+    input, a missing bucket or denied access fail at once, since trying again cannot fix them."""
     exc = state.result(raise_on_failure=False)
-    return isinstance(exc, (OSError, TimeoutError)) and not isinstance(exc, _PERMANENT)
+    return isinstance(exc, BaseException) and is_transient(exc)
 
 
 def store_spec(uri: str, block: str | None = None) -> dict:

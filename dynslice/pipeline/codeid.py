@@ -20,10 +20,12 @@ from dynslice.hashing import sha256_bytes, sha256_tree
 ROOT = "dynslice"
 # modules whose code cannot change what a stage produces, so they neither count nor are followed: error
 # classes, hashing and where files live (keys, not outputs), the configuration (its values are the stages'
-# inputs), the store and the stage runner (they move artifacts, they do not make them)
+# inputs), the store, atomic folder replacement, the stage runner and its lease (they move artifacts and
+# decide who makes them; they do not make them)
 STAGES = "dynslice.pipeline."
 NEUTRAL = frozenset({"dynslice.errors", "dynslice.hashing", "dynslice.locations", "dynslice.config",
-                     "dynslice.store", "dynslice.pipeline.stage", "dynslice.pipeline.codeid"})
+                     "dynslice.store", "dynslice.storeaccess", "dynslice.atomic", "dynslice.pipeline.stage",
+                     "dynslice.pipeline.codeid", "dynslice.pipeline.lease"})
 
 
 def _source(module: str) -> tuple[str, bool]:

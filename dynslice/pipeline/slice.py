@@ -29,7 +29,7 @@ from dynslice.store import ArtifactRef, ArtifactStore
 
 log = logging.getLogger(__name__)
 
-STAGE = Stage("slice", code=(__name__,), outputs=("model/*", "spectra.json", "spectra.png"))
+STAGE = Stage("slice", code=(__name__,), outputs=("model/*", "spectra.json", "spectra.png"), exclusive=True)
 
 
 def run(store: ArtifactStore, model: ModelConfig, calibration_ref: ArtifactRef, plan_ref: ArtifactRef,

@@ -21,6 +21,7 @@ from typing import Any
 
 from dynslice.errors import DynsliceError
 from dynslice.pipeline.codeid import closure, code_identity
+from dynslice.pipeline.lease import Lease
 from dynslice.store import ArtifactRef, ArtifactStore, stage_key
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,7 @@ class Stage:
     code: tuple[str, ...]  # modules that compute the output; their dynslice imports are followed
     outputs: tuple[str, ...]  # published file names (fnmatch patterns; each must match at least one file)
     version: int = 1  # bump for a change outside dynslice's code that changes the output (a dependency's)
+    exclusive: bool = False  # one run computes a key at a time (long stages with checkpoints); others wait
 
     def code_identity(self) -> str:
         return code_identity(self.code)
@@ -72,6 +74,26 @@ def run_stage(store: ArtifactStore, stage: Stage, inputs: dict[str, Any],
     if ref is not None:
         log.info("%s: cache hit %s", stage.name, key[:12])
         return ref
+    if not stage.exclusive:
+        return _compute_and_publish(store, stage, key, inputs, compute)
+    lease = Lease(store, stage.name, key)
+    while not lease.acquire():
+        holder = lease.holder() or {}
+        log.info("%s: %s is being computed by %s: waiting for it", stage.name, key[:12], holder.get("owner", "?"))
+        time.sleep(min(10.0, lease.ttl / 4))
+        ref = store.lookup(stage.name, key, stage.outputs)
+        if ref is not None:
+            log.info("%s: %s published by the other run: cache hit", stage.name, key[:12])
+            return ref
+    try:
+        ref = store.lookup(stage.name, key, stage.outputs)  # published while this run waited for the lease
+        return ref if ref is not None else _compute_and_publish(store, stage, key, inputs, compute)
+    finally:
+        lease.release()
+
+
+def _compute_and_publish(store: ArtifactStore, stage: Stage, key: str, inputs: dict[str, Any],
+                         compute: Callable[[str], Output]) -> ArtifactRef:
     log.info("%s: computing %s", stage.name, key[:12])
     start = time.perf_counter()
     out = compute(key)

@@ -19,12 +19,14 @@ from pathlib import Path
 import fsspec
 import torch
 import transformers
+from safetensors import SafetensorError
 from huggingface_hub import save_torch_state_dict
 from torch import nn
 
-from dynslice.errors import DynsliceError
+from dynslice.errors import DynsliceError, SourceError, first_line
 from dynslice.sliced import modeling_dynslice
-from dynslice.locations import is_uri
+from dynslice import atomic
+from dynslice.locations import is_uri, local_path
 from dynslice.sliced.modeling_dynslice import FORMAT_VERSION, sliced_class, sliced_meta
 
 log = logging.getLogger(__name__)
@@ -52,14 +54,23 @@ def _write_local(model: nn.Module, folder: Path, tokenizer, max_shard_size: str)
 def save_sliced(model: nn.Module, path: str | os.PathLike, tokenizer=None, *, max_shard_size: str = "5GB") -> str:
     """Write a sliced model to a folder or fsspec URI; returns the path written."""
     path = str(path)
-    if not is_uri(path):
-        _write_local(model, Path(path.removeprefix("file://")), tokenizer, max_shard_size)
+    if not is_uri(path):  # built next to the target, then put in its place at once: never half a model there
+        target = local_path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        atomic.recover(target)
+        staging = atomic.staging_for(target)
+        try:
+            _write_local(model, staging, tokenizer, max_shard_size)
+            atomic.replace_folder(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
         return path
     with tempfile.TemporaryDirectory(prefix="dynslice-save-") as tmp:
         _write_local(model, Path(tmp), tokenizer, max_shard_size)
         fs, root = fsspec.core.url_to_fs(path)
         fs.makedirs(root, exist_ok=True)
-        for file in sorted(Path(tmp).iterdir()):
+        # config.json last: a reader recognises a sliced model by it, so an interrupted upload is not one
+        for file in sorted(Path(tmp).iterdir(), key=lambda f: (f.name == "config.json", f.name)):
             fs.put_file(str(file), f"{root.rstrip('/')}/{file.name}")
     return path
 
@@ -86,13 +97,20 @@ def load_sliced(path: str | os.PathLike, device: str | torch.device | None = Non
         finally:
             shutil.rmtree(local, ignore_errors=True)  # the weights are in memory now
     path = path.removeprefix("file://")
-    config = transformers.AutoConfig.from_pretrained(path)
+    try:
+        config = transformers.AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as exc:  # no or unreadable config.json
+        raise SourceError(f"cannot read {path}/config.json: {type(exc).__name__}: {first_line(exc)}") from None
     meta = sliced_meta(config)
     if meta is None:
         raise DynsliceError(f"{path} is not a dynslice sliced model (config.json has no `dynslice` entry of "
                             f"format {FORMAT_VERSION})")
     kwargs = dict(from_pretrained_kwargs, **({"dtype": dtype} if dtype is not None else {}))
-    model = sliced_class(meta["base_class"]).from_pretrained(path, config=config, **kwargs)
+    try:
+        model = sliced_class(meta["base_class"]).from_pretrained(path, config=config, **kwargs)
+    except (OSError, ValueError, SafetensorError) as exc:  # truncated or foreign weight files
+        raise SourceError(f"cannot load the sliced model in {path}: {type(exc).__name__}: {first_line(exc)}. "
+                          f"Save it again with save_sliced (or `dynslice slice --out`)") from None
     if device is not None:
         model.to(device)
     return model.eval()
