@@ -46,6 +46,9 @@ class PlanConfig(_Strict):
     budget: Literal["mean", "params"] = "mean"
     round_to: int = Field(8, ge=1)
     max_slice: float = Field(0.9, gt=0.0, lt=1.0)
+    untie_head: bool = Field(False, description="give a head tied to the embedding its own matrix (SliceGPT's way) "
+                                                "instead of keeping it tied; costs vocab x hidden parameters. "
+                                                "LayerNorm families (OPT, Phi) always untie")
 
     @model_validator(mode="after")
     def _variation_in_range(self):

@@ -2,7 +2,9 @@
 
 Counts from a config are read off a meta-device copy of the model (shapes, no memory). The dense count is
 the number of unique parameters (a head tied to the embedding counted once): the baseline every "fraction of
-parameters removed" in dynslice is relative to.
+parameters removed" in dynslice is relative to. A sliced model whose head stays tied (dynslice.fusion.untie_reason)
+stores the [V, D] table once, in the head, plus the final norm's scale as a D x D matrix: its count is the untied
+count - V * d_0 + D * D.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from torch import nn
 
 from dynslice.architectures import spec_for_config
 from dynslice.errors import PlanError
+from dynslice.fusion import untie_reason
 from dynslice.plan import SlicePlan
 from dynslice.sliced.modeling_dynslice import reads_norm_with_bias
 
@@ -73,10 +76,15 @@ def check_plan(plan: SlicePlan, config) -> None:
 
 
 def sliced_parameters(plan: SlicePlan, config) -> int:
-    """Exact parameter count of the model of `config` sliced with `plan` (shortcut matrices included)."""
+    """Exact parameter count of the model of `config` sliced with `plan` (shortcut matrices included, a head that
+    stays tied counted once)."""
+    config = as_config(config)
     check_plan(plan, config)
     table = _sliced_table(_key(config))
     total = table["fixed"] + table["embedding_rows"] * plan.widths[0] + table["head_rows"] * plan.widths[-1]
+    if untie_reason(config, spec_for_config(config), plan) is None:
+        # the token table lives in the head ([V, D], counted above); the final norm's scale becomes [D, D]
+        total += config.hidden_size ** 2 - table["token_rows"] * plan.widths[0]
     for i, row in enumerate(table["layers"]):
         d_in, d_mid, d_out = plan.widths[i], plan.mid[i], plan.widths[i + 1]
         attn_to = d_out if table["parallel"] else d_mid
@@ -123,10 +131,11 @@ def _sliced_table(config_json: str) -> dict:
         emb = model.get_submodule(path)
         emb_rows += emb.num_embeddings
         take(emb)
+    token_rows = model.get_submodule(spec.embeddings[0]).num_embeddings  # the table a tied head shares
     head = model.get_submodule(spec.head)
     head_bias = head.out_features if (biased or head.bias is not None) else 0
     take(head)
     # what slicing leaves alone (e.g. per-head q/k norms inside attention), plus the biases counted above
     fixed = sum(p.numel() for p in model.parameters() if id(p) not in counted) + head_bias + fixed_bias
-    return {"fixed": fixed, "embedding_rows": emb_rows, "head_rows": head.out_features,
+    return {"fixed": fixed, "embedding_rows": emb_rows, "token_rows": token_rows, "head_rows": head.out_features,
             "parallel": spec.topology == "parallel", "layers": rows}

@@ -1,8 +1,12 @@
 """Norm fusion: fold each norm's scale (and bias) into the linears that read it.
 
-After fusion every norm is a scale-free RMSNorm over the original width, the head is untied from the
-embedding, and (LayerNorm families) the residual stream is kept zero-mean by centring the embeddings and
-the linears that write the stream, so LayerNorm(x) == RMSNorm(x). The logits do not change.
+After fusion every norm is a scale-free RMSNorm over the original width and (LayerNorm families) the residual
+stream is kept zero-mean by centring the embeddings and the linears that write the stream, so
+LayerNorm(x) == RMSNorm(x). The logits do not change.
+
+Tied heads: a head tied to the embedding stays tied when it can (`untie_reason` is None): then the final norm's
+scale is not folded into the shared table but returned, and becomes a [D, D] matrix of the head once the
+embedding's basis Q_0 is known (slicing.tie_head). Otherwise the head is untied here (SliceGPT's way).
 """
 
 from __future__ import annotations
@@ -11,7 +15,8 @@ import torch
 from torch import nn
 
 from dynslice.architectures import ArchSpec
-from dynslice.sliced.modeling_dynslice import reads_norm_with_bias, replace_norms, wrap_layers
+from dynslice.plan import SlicePlan
+from dynslice.sliced.modeling_dynslice import reads_norm_with_bias, replace_norms, transformers_tying_off, wrap_layers
 
 
 def _fold_into(norm: nn.Module, linears: list[nn.Linear], add_bias: bool) -> None:
@@ -49,21 +54,51 @@ def _centre_writer(linear: nn.Linear) -> None:
         linear.bias = nn.Parameter((b - b.mean()).to(linear.bias.dtype), requires_grad=False)
 
 
+def ties_embeddings(config) -> bool:
+    """Whether the config ties the head to the token embedding (transformers' `tie_word_embeddings`)."""
+    return bool(getattr(getattr(config, "get_text_config", lambda: config)(), "tie_word_embeddings", False))
+
+
+def untie_reason(config, spec: ArchSpec, plan: SlicePlan) -> str | None:
+    """Why the sliced model of `config` and `plan` cannot keep its head tied to the token embedding (the first of
+    `spec.embeddings`); None when it keeps it tied. Parameter counts and the layer loop both decide here."""
+    if not ties_embeddings(config):
+        return "the model's head is not tied to its embedding"
+    if plan.untie_head:
+        return "the plan asks for an untied head (untie_head)"
+    if spec.norm != "rms":
+        return ("LayerNorm models centre the embedding table during fusion, so it no longer equals the head: "
+                "the head is untied")
+    if plan.widths[-1] != config.hidden_size:
+        return (f"the last layer writes {plan.widths[-1]} of {config.hidden_size} columns: a sliced head cannot "
+                "share the embedding table, so it is untied")
+    return None
+
+
+def shares_table(model: nn.Module, spec: ArchSpec) -> bool:
+    """Whether the head's weight really is the token embedding's (a config can say tied of a model untied since)."""
+    return model.get_submodule(spec.head).weight is model.get_submodule(spec.embeddings[0]).weight
+
+
 def untie_head(model: nn.Module, spec: ArchSpec) -> None:
     head = model.get_submodule(spec.head)
     embedding_weights = {model.get_submodule(p).weight.data_ptr() for p in spec.embeddings}
     if head.weight.data_ptr() in embedding_weights:
         head.weight = nn.Parameter(head.weight.data.clone(), requires_grad=False)
-    model.config.tie_word_embeddings = False
-    text_config = getattr(model.config, "get_text_config", lambda: model.config)()
-    text_config.tie_word_embeddings = False
+    transformers_tying_off(model)
 
 
-def fuse_norms(model: nn.Module, spec: ArchSpec) -> None:
-    """Fold norms into readers, centre LayerNorm streams, untie the head, wrap layers in shortcut blocks."""
+def fuse_norms(model: nn.Module, spec: ArchSpec, tied_head: bool = False) -> torch.Tensor | None:
+    """Fold norms into readers, centre LayerNorm streams, wrap layers in shortcut blocks; untie the head unless
+    `tied_head`. Returns, for a tied head, the final norm's scale g [D] (float64), which the head takes later."""
     arch = spec.to_dict()
     add_bias = reads_norm_with_bias(arch)
-    untie_head(model, spec)
+    final_gain = None
+    if tied_head:  # RMSNorm only (untie_reason): a scale, no bias
+        gain = getattr(model.get_submodule(spec.final_norm), "weight", None)
+        final_gain = None if gain is None else gain.data.to(torch.float64).clone()
+    else:
+        untie_head(model, spec)
     layers = model.get_submodule(spec.layers)
     if spec.norm == "layer":
         for path in spec.embeddings:
@@ -80,6 +115,8 @@ def fuse_norms(model: nn.Module, spec: ArchSpec) -> None:
         else:
             _fold_into(layer.get_submodule(spec.attn_norm), attn_readers, add_bias)
             _fold_into(layer.get_submodule(spec.mlp_norm), mlp_readers, add_bias)
-    _fold_into(model.get_submodule(spec.final_norm), [model.get_submodule(spec.head)], add_bias)
+    if not tied_head:
+        _fold_into(model.get_submodule(spec.final_norm), [model.get_submodule(spec.head)], add_bias)
     replace_norms(model, arch, model.config.hidden_size)
     wrap_layers(model, arch)
+    return final_gain

@@ -3,6 +3,8 @@
 widths[i] is the width of the residual stream entering layer i (widths[0] is the embedding width) and
 widths[L] the width the last layer writes (the head reads it). mid[i] is the width between layer i's
 attention and its MLP (sequential blocks only; parallel blocks have none and keep mid == widths[:-1]).
+untie_head: give a head tied to the embedding its own copy (SliceGPT's way) instead of keeping it tied
+(dynslice.fusion.untie_reason); it changes the parameter count, so it belongs to the plan.
 """
 
 from __future__ import annotations
@@ -29,8 +31,11 @@ class SlicePlan:
     widths: tuple[int, ...]
     mid: tuple[int, ...]
     provenance: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    untie_head: bool = False
 
     def __post_init__(self):
+        if not isinstance(self.untie_head, bool):
+            raise PlanError(f"untie_head must be true or false, got {self.untie_head!r}")
         for name, values in (("widths", self.widths), ("mid", self.mid)):
             if not all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in values):
                 raise PlanError(f"{name} must be positive integers, got {list(values)}")
@@ -41,7 +46,8 @@ class SlicePlan:
 
     # -- constructors ---------------------------------------------------------------------------
     @classmethod
-    def constant(cls, num_layers: int, hidden_size: int, sparsity: float, round_to: int = 8) -> "SlicePlan":
+    def constant(cls, num_layers: int, hidden_size: int, sparsity: float, round_to: int = 8,
+                 untie_head: bool = False) -> "SlicePlan":
         """SliceGPT's constant slicing: every layer keeps round((1 - sparsity) * D); the head reads full D."""
         if not 0.0 <= float(sparsity) < 1.0:
             raise PlanError(f"sparsity must be in [0, 1), got {sparsity}")
@@ -49,13 +55,14 @@ class SlicePlan:
             raise PlanError(f"num_layers and hidden_size must be >= 1, got {num_layers}, {hidden_size}")
         width = round_width((1.0 - sparsity) * hidden_size, hidden_size, round_to)
         return cls(widths=(width,) * num_layers + (hidden_size,), mid=(width,) * num_layers,
-                   provenance={"planner": "constant", "sparsity": float(sparsity), "round_to": round_to})
+                   provenance={"planner": "constant", "sparsity": float(sparsity), "round_to": round_to},
+                   untie_head=untie_head)
 
     @classmethod
-    def from_widths(cls, widths, mid=None, provenance: dict | None = None) -> "SlicePlan":
+    def from_widths(cls, widths, mid=None, provenance: dict | None = None, untie_head: bool = False) -> "SlicePlan":
         widths = tuple(int(w) if float(w).is_integer() else w for w in widths)
         mid = widths[:-1] if mid is None else tuple(int(w) if float(w).is_integer() else w for w in mid)
-        return cls(widths=widths, mid=mid, provenance=dict(provenance or {}))
+        return cls(widths=widths, mid=mid, provenance=dict(provenance or {}), untie_head=untie_head)
 
     # -- properties -----------------------------------------------------------------------------
     @property
@@ -81,7 +88,7 @@ class SlicePlan:
     # -- JSON -----------------------------------------------------------------------------------
     def to_dict(self) -> dict:
         return {"format": PLAN_FORMAT, "widths": list(self.widths), "mid": list(self.mid),
-                "provenance": self.provenance}
+                "untie_head": self.untie_head, "provenance": self.provenance}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
@@ -90,8 +97,9 @@ class SlicePlan:
     def from_dict(cls, data: dict) -> "SlicePlan":
         if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT or "widths" not in data:
             raise PlanError(f"not a dynslice plan (format {PLAN_FORMAT} with `widths` expected)")
-        try:
-            return cls.from_widths(data["widths"], data.get("mid"), data.get("provenance"))
+        try:  # plans written before `untie_head` existed keep a tied head tied
+            return cls.from_widths(data["widths"], data.get("mid"), data.get("provenance"),
+                                   data.get("untie_head", False))
         except (TypeError, ValueError) as exc:
             raise PlanError(f"plan widths must be lists of positive integers: {exc}") from None
 

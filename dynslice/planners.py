@@ -11,7 +11,9 @@ Two budgets:
 - budget="params": the target is the fraction of parameters removed,
   1 - sliced_parameters(plan, config) / P_dense, where P_dense is the number of unique parameters of the dense
   model (a head tied to the embedding counted once; `dynslice.counts.dense_parameters`). The sliced model
-  unties the head and adds shortcut matrices, so a plan removes fewer parameters than its mean suggests.
+  adds shortcut matrices (and, with `untie_head` or a LayerNorm family, a second vocabulary-sized matrix for
+  the untied head; a head that stays tied adds a D x D matrix), so a plan removes fewer parameters than its
+  mean suggests.
   The planner solves for the smallest slicing of the same shape whose reduction is >= the target; it
   overshoots by less than one rounding step (moving every width by `round_to`).
 """
@@ -137,9 +139,9 @@ def _config_for(scores, config):
 
 
 # -- plans ------------------------------------------------------------------------------------------------
-def _plan(widths: Sequence[int], hidden_size: int) -> SlicePlan:
+def _plan(widths: Sequence[int], hidden_size: int, untie_head: bool) -> SlicePlan:
     widths = tuple(int(w) for w in widths)
-    return SlicePlan(widths=widths + (hidden_size,), mid=widths)
+    return SlicePlan(widths=widths + (hidden_size,), mid=widths, untie_head=untie_head)
 
 
 def achieved(plan: SlicePlan, config) -> dict[str, float | int]:
@@ -191,15 +193,17 @@ def _finish(plan: SlicePlan, config, provenance: dict[str, Any], scores=None) ->
         info["scores_sha256"] = hashlib.sha256(json.dumps([float(v) for v in values]).encode()).hexdigest()
     log.info("%s plan (budget %s, target %s): mean slicing %.4f, parameters removed %.4f", info["planner"],
              info["budget"], info["target"], info["achieved_mean_slicing"], info["achieved_param_reduction"])
-    return SlicePlan(widths=plan.widths, mid=plan.mid, provenance=info)
+    return SlicePlan(widths=plan.widths, mid=plan.mid, provenance=info, untie_head=plan.untie_head)
 
 
-def constant(sparsity: float, config, *, budget: str = "mean", round_to: int = 8) -> SlicePlan:
+def constant(sparsity: float, config, *, budget: str = "mean", round_to: int = 8,
+             untie_head: bool = False) -> SlicePlan:
     """SliceGPT's constant slicing: d_i = round_width((1 - s) * D) for every layer input, d_L = D.
 
     budget="mean": s = sparsity. budget="params": s is the least slicing whose uniform width removes at least
     `sparsity` of the dense model's parameters (see the module docstring).
     config: the model's transformers config (or its dict, e.g. `LayerScores.config`).
+    untie_head: give a tied head its own matrix (the plan's `untie_head`; it changes the parameter count).
     """
     config = as_config(config)
     target = _check_fraction("sparsity", sparsity)
@@ -208,7 +212,7 @@ def constant(sparsity: float, config, *, budget: str = "mean", round_to: int = 8
     _check_round_to(round_to, hidden)
 
     def build(s: float) -> SlicePlan:
-        return SlicePlan.constant(layers, hidden, s, round_to)
+        return SlicePlan.constant(layers, hidden, s, round_to, untie_head=untie_head)
 
     # a uniform width can slice the stream down to one rounding step
     plan, used = (build(target), target) if budget == "mean" else _solve_params(build, config, target, 1.0 - 1e-9)
@@ -217,7 +221,7 @@ def constant(sparsity: float, config, *, budget: str = "mean", round_to: int = 8
 
 
 def dynamic(scores, target: float, variation: float, *, config=None, budget: str = "mean",
-            max_slice: float = 0.9, round_to: int = 8) -> SlicePlan:
+            max_slice: float = 0.9, round_to: int = 8, untie_head: bool = False) -> SlicePlan:
     """The paper's mapping from layer scores to widths.
 
         r = 1 - minmax(BI);  s_i = (t - a) + a * r_i / mean(r)   (mean(s) = t; a = 0 is constant slicing)
@@ -231,6 +235,7 @@ def dynamic(scores, target: float, variation: float, *, config=None, budget: str
         the dense parameters is found by bisection (see the module docstring).
     scores: `LayerScores` or one finite score per decoder layer (then `config` is required).
     config: the model's transformers config or its dict (default: the config stored in `scores`).
+    untie_head: give a tied head its own matrix (the plan's `untie_head`; it changes the parameter count).
     """
     config = _config_for(scores, config)
     values = _scores_of(scores, config.num_hidden_layers)
@@ -255,7 +260,8 @@ def dynamic(scores, target: float, variation: float, *, config=None, budget: str
 
     def build(t: float) -> SlicePlan:
         s = clamp_fractions(slicing_fractions(r, t, ratio * t), max_slice)
-        return _plan(round_widths([(1.0 - si) * hidden for si in s], hidden, round_to, min_width), hidden)
+        return _plan(round_widths([(1.0 - si) * hidden for si in s], hidden, round_to, min_width), hidden,
+                     untie_head)
 
     plan, used = (build(target), target) if budget == "mean" else _solve_params(build, config, target, max_slice)
     return _finish(plan, config, {"planner": "dynamic", "target": target, "variation": variation,
@@ -272,10 +278,12 @@ def default_variations(target: float) -> list[float]:
 
 
 def make_plan(scores: LayerScores, planner: str, target: float, *, variation: float | None = None,
-              budget: str = "mean", round_to: int = 8, max_slice: float = 0.9) -> SlicePlan:
+              budget: str = "mean", round_to: int = 8, max_slice: float = 0.9,
+              untie_head: bool = False) -> SlicePlan:
     """The one planner dispatcher (CLI, pipeline, library): a plan from measured scores and the settings.
 
     planner: constant (SliceGPT) or dynamic (the paper's mapping; `variation` required, in [0, target]).
+    untie_head: give a tied head its own matrix instead of keeping it tied (see `SlicePlan.untie_head`).
     """
     if planner not in PLANNERS:
         raise PlanError(f"unknown planner {planner!r}; use one of {', '.join(PLANNERS)}")
@@ -284,7 +292,8 @@ def make_plan(scores: LayerScores, planner: str, target: float, *, variation: fl
     if planner == "constant":
         if variation not in (None, 0.0):
             raise PlanError("a variation applies to the dynamic planner only")
-        return constant(target, scores.config, budget=budget, round_to=round_to)
+        return constant(target, scores.config, budget=budget, round_to=round_to, untie_head=untie_head)
     if variation is None:
         raise PlanError("the dynamic planner needs a variation (0 <= variation <= target)")
-    return dynamic(scores, target, variation, budget=budget, max_slice=max_slice, round_to=round_to)
+    return dynamic(scores, target, variation, budget=budget, max_slice=max_slice, round_to=round_to,
+                   untie_head=untie_head)

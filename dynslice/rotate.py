@@ -45,3 +45,15 @@ def as_parameter(matrix: torch.Tensor, like: torch.Tensor) -> nn.Parameter:
     """A float64 basis block (e.g. a residual shortcut [d_in, d_out]) as a frozen weight like `like`."""
     # clone: a slice of a basis is a view that would keep (and save) the whole [D, D] matrix
     return nn.Parameter(matrix.to(device=like.device, dtype=like.dtype).clone(), requires_grad=False)
+
+
+def tied_head_weights(table: torch.Tensor, q: torch.Tensor,
+                      gain: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A head tied to the table E [V, D], reading the stream in the basis q [D, D] through a norm of scale g [D]:
+    n(x q^T) diag(g) E^T = n(x) (q^T diag(g) q) (E q)^T (n commutes with the rotation: it keeps norms).
+    Returns (E q [V, D], M = q^T diag(g) q [D, D]) in the table's dtype; without a scale, g = 1."""
+    weight = _rows_times(table, q)
+    qd = q.to(device=table.device, dtype=torch.float64)
+    g = torch.ones(qd.shape[0], dtype=torch.float64, device=qd.device) if gain is None \
+        else gain.to(device=qd.device, dtype=torch.float64)
+    return weight, (qd.T @ (g[:, None] * qd)).to(table.dtype)

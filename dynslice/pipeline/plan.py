@@ -24,7 +24,7 @@ def run(store: ArtifactStore, score_ref: ArtifactRef, plan: PlanConfig,
         raise ConfigError("the auto planner tries several variations: pass the variation to plan")
     planner = "constant" if plan.planner == "constant" else "dynamic"
     params = {"planner": planner, "target": plan.target, "budget": plan.budget, "round_to": plan.round_to,
-              "max_slice": plan.max_slice,
+              "max_slice": plan.max_slice, "untie_head": plan.untie_head,
               "variation": None if planner == "constant" else (plan.effective_variation if variation is None
                                                                else variation)}
     inputs = {"score": score_ref.key, "metric": plan.metric, "params": params}
@@ -32,7 +32,7 @@ def run(store: ArtifactStore, score_ref: ArtifactRef, plan: PlanConfig,
     def compute(key: str) -> Output:
         scores = score_stage.scores(store, score_ref, plan.metric)
         made = make_plan(scores, planner, plan.target, variation=params["variation"], budget=plan.budget,
-                         round_to=plan.round_to, max_slice=plan.max_slice)
+                         round_to=plan.round_to, max_slice=plan.max_slice, untie_head=plan.untie_head)
         result = {**params, "metric": plan.metric, "widths": list(made.widths), "mid": list(made.mid),
                   **{k: made.provenance.get(k) for k in ("achieved_mean_slicing", "achieved_param_reduction")}}
         files = {"plan.json": made.to_json().encode(), "plan.png": plot_plan(made, scores.config["hidden_size"])}

@@ -1,7 +1,8 @@
 """Stage `slice`: the layer loop, checkpointed in the store so a killed run resumes at its last layer.
 
-Key: the model identity, its dtype, the calibration artifact, the widths and the batch size (the plan's other
-provenance does not change the sliced model: two planners that agree on the widths share one slice).
+Key: the model identity, its dtype, the calibration artifact, the widths, whether a tied head is untied and the
+batch size (the plan's provenance does not change the sliced model: two planners that agree on the widths share
+one slice).
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ def run(store: ArtifactStore, model: ModelConfig, calibration_ref: ArtifactRef, 
     identity = identify_model(model.source, model.revision)
     plan = plan_of(store, plan_ref)
     inputs = {"model": identity.key, "dtype": model.dtype, "calibration": calibration_ref.key,
-              "widths": list(plan.widths), "mid": list(plan.mid), "batch_size": batch_size}
+              "widths": list(plan.widths), "mid": list(plan.mid), "untie_head": plan.untie_head,
+              "batch_size": batch_size}
 
     def compute(key: str) -> Output:
         state_uri = store.checkpoint_uri(STAGE.name, key)

@@ -27,7 +27,7 @@ from dynslice.errors import DynsliceError, SourceError, first_line
 from dynslice.sliced import modeling_dynslice
 from dynslice import atomic
 from dynslice.locations import is_uri, local_path
-from dynslice.sliced.modeling_dynslice import FORMAT_VERSION, sliced_class, sliced_meta
+from dynslice.sliced.modeling_dynslice import READABLE_FORMATS, sliced_class, sliced_meta
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,8 @@ def _write_local(model: nn.Module, folder: Path, tokenizer, max_shard_size: str)
         raise DynsliceError("save_sliced needs a model returned by slice_model (or load_sliced)")
     folder.mkdir(parents=True, exist_ok=True)
     config = model.config.to_dict()
+    # tie_word_embeddings=False: transformers must not tie the sliced head (other shapes) to the embedding; a
+    # head that stays tied shares its table through the model's modules (`dynslice.tied_head`)
     config.update(architectures=[ENTRY], auto_map={"AutoModelForCausalLM": f"modeling_dynslice.{ENTRY}"},
                   tie_word_embeddings=False, dtype=str(next(model.parameters()).dtype).removeprefix("torch."))
     (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
@@ -104,7 +106,7 @@ def load_sliced(path: str | os.PathLike, device: str | torch.device | None = Non
     meta = sliced_meta(config)
     if meta is None:
         raise DynsliceError(f"{path} is not a dynslice sliced model (config.json has no `dynslice` entry of "
-                            f"format {FORMAT_VERSION})")
+                            f"format {' or '.join(map(str, READABLE_FORMATS))})")
     kwargs = dict(from_pretrained_kwargs, **({"dtype": dtype} if dtype is not None else {}))
     try:
         model = sliced_class(meta["base_class"]).from_pretrained(path, config=config, **kwargs)

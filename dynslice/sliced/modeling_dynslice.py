@@ -8,7 +8,9 @@ model and the reloaded one are built by one piece of code.
 A sliced model is its base transformers model with three changes, all described by `config.dynslice`:
 - every norm is a scale-free RMSNorm over the ORIGINAL hidden size (scales were folded into linears);
 - the linears that read or write the residual stream are narrower (per-layer widths of the plan);
-- each decoder layer is a block whose residual path carries a change of basis: x @ S instead of x.
+- each decoder layer is a block whose residual path carries a change of basis: x @ S instead of x;
+- (`tied_head`, format 2) a head tied to the embedding stays tied: the head holds the one [V, D] table and
+  the final norm's scale as a [D, D] matrix, and the token embedding reads the table's first d_0 columns.
 """
 
 from __future__ import annotations
@@ -16,8 +18,12 @@ from __future__ import annotations
 import torch
 import transformers
 from torch import nn
+from torch.nn import functional as F
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: `tied_head` (a format-1 config is read as an untied one)
+READABLE_FORMATS = (1, 2)
+
+
 class RMSN(nn.Module):
     """Scale-free RMSNorm whose mean runs over the original width, so it stays right on a sliced stream."""
 
@@ -94,6 +100,45 @@ class ParallelBlock(_Block):
 BLOCKS = {"sequential": SequentialBlock, "parallel": ParallelBlock}
 
 
+class TiedHead(nn.Linear):
+    """The head of a tied model: logits = (x @ M) W^T (+ b).
+
+    W [V, D] is the embedding table in the basis Q_0 the last layer writes (E Q_0); the token embedding reads
+    its first d_0 columns (SharedEmbedding), so the table is stored once. M [D, D] = Q_0^T diag(g) Q_0 is the
+    final norm's scale g seen in that basis (a norm scale cannot fold into a weight shared with the embedding).
+    """
+
+    def __init__(self, linear: nn.Linear):
+        nn.Module.__init__(self)  # takes over the linear's weight and bias; only M is new (empty until loaded)
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.register_parameter("weight", linear.weight)  # [V, D]
+        self.register_parameter("bias", linear.bias)  # [V] or None
+        self.norm_scale = _param(linear.weight, linear.in_features, linear.in_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x @ self.norm_scale, self.weight, self.bias)  # [..., D] -> [..., V]
+
+
+class SharedEmbedding(nn.Module):
+    """Token embedding that reads the first `embedding_dim` columns of a TiedHead's weight: no table of its own."""
+
+    def __init__(self, embedding: nn.Embedding, head: TiedHead, width: int):
+        super().__init__()
+        self.num_embeddings, self.embedding_dim = embedding.num_embeddings, width
+        self.padding_idx = getattr(embedding, "padding_idx", None)
+        # a tuple keeps the head out of this module's children: it is registered (and saved) once, as the head
+        self._head = (head,)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self._head[0].weight[:, : self.embedding_dim]  # [V, d_0], a view of the head's [V, D]
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        weight = self.weight
+        # the ids go where the table is (device_map may have put the head elsewhere): [B, T] -> [B, T, d_0]
+        return F.embedding(input_ids.to(weight.device), weight, self.padding_idx)
+
+
 def _norm_eps(norm: nn.Module) -> float:
     for attr in ("variance_epsilon", "eps"):
         if hasattr(norm, attr):
@@ -142,13 +187,35 @@ def reshape_linear(linear: nn.Linear, in_features: int | None = None, out_featur
     linear.in_features, linear.out_features = in_features, out_features
 
 
-def structure_ends(model: nn.Module, arch: dict, d_first: int, d_last: int) -> None:
-    """Embeddings write `d_first` columns; the head reads `d_last`."""
-    for path in arch["embeddings"]:
+def transformers_tying_off(model: nn.Module) -> None:
+    """transformers must never tie (or re-tie) the sliced head to the embedding: their shapes differ, and a tied
+    sliced head shares its table through the module structure (TiedHead, SharedEmbedding) instead."""
+    model.config.tie_word_embeddings = False
+    getattr(model.config, "get_text_config", lambda: model.config)().tie_word_embeddings = False
+    if hasattr(model, "all_tied_weights_keys"):
+        model.all_tied_weights_keys = {}  # the mapping transformers recorded when the dense model was built
+
+
+def tie_head_modules(model: nn.Module, arch: dict, d_first: int) -> TiedHead:
+    """The head becomes a TiedHead (its weight kept, M added empty) and the token embedding (the first of
+    `embeddings`) a SharedEmbedding reading its first `d_first` columns. Returns the head."""
+    head = TiedHead(model.get_submodule(arch["head"]))
+    model.set_submodule(arch["head"], head)
+    token = arch["embeddings"][0]
+    model.set_submodule(token, SharedEmbedding(model.get_submodule(token), head, d_first))
+    return head
+
+
+def structure_ends(model: nn.Module, arch: dict, d_first: int, d_last: int, tied: bool = False) -> None:
+    """Embeddings write `d_first` columns; the head reads `d_last` (tied: the head holds the token table)."""
+    untied = arch["embeddings"][1:] if tied else arch["embeddings"]
+    for path in untied:
         emb = model.get_submodule(path)
         emb.weight = _param(emb.weight, emb.num_embeddings, d_first)
         emb.embedding_dim = d_first
     reshape_linear(model.get_submodule(arch["head"]), in_features=d_last, bias=reads_norm_with_bias(arch))
+    if tied:
+        tie_head_modules(model, arch, d_first)
 
 
 def structure_block(block: _Block, arch: dict, d_in: int, d_mid: int, d_out: int) -> None:
@@ -173,7 +240,8 @@ def apply_structure(model: nn.Module, meta: dict) -> None:
     arch, widths, mid = meta["arch"], meta["widths"], meta["mid"]
     replace_norms(model, arch, model.config.hidden_size)
     wrap_layers(model, arch)
-    structure_ends(model, arch, widths[0], widths[-1])
+    structure_ends(model, arch, widths[0], widths[-1], tied=bool(meta.get("tied_head", False)))
+    transformers_tying_off(model)
     for i, block in enumerate(model.get_submodule(arch["layers"])):
         structure_block(block, arch, widths[i], mid[i], widths[i + 1])
 
@@ -203,20 +271,22 @@ def sliced_meta(config) -> dict | None:
     meta = getattr(config, "dynslice", None)
     if isinstance(config, dict):
         meta = config.get("dynslice")
-    return meta if isinstance(meta, dict) and meta.get("format") == FORMAT_VERSION else None
+    return meta if isinstance(meta, dict) and meta.get("format") in READABLE_FORMATS else None
 
 
-def mark_sliced(model: nn.Module, arch: dict, plan: dict) -> None:
-    """Record in the model's config what rebuilds the sliced shapes: the base class, the module paths and the
-    per-layer widths (plus the whole plan, for people)."""
+def mark_sliced(model: nn.Module, arch: dict, plan: dict, tied_head: bool = False) -> None:
+    """Record in the model's config what rebuilds the sliced shapes: the base class, the module paths, the
+    per-layer widths and whether the head stays tied to the embedding (plus the whole plan, for people)."""
     model.config.dynslice = {"format": FORMAT_VERSION, "base_class": type(model).__name__, "arch": arch,
-                             "widths": list(plan["widths"]), "mid": list(plan["mid"]), "plan": plan}
+                             "widths": list(plan["widths"]), "mid": list(plan["mid"]), "tied_head": tied_head,
+                             "plan": plan}
 
 
 def _check_config(config) -> dict:
     meta = sliced_meta(config)
     if meta is None:
-        raise ValueError(f"not a dynslice sliced-model config (format {FORMAT_VERSION} expected)")
+        raise ValueError(f"not a dynslice sliced-model config (format {' or '.join(map(str, READABLE_FORMATS))} "
+                         "expected)")
     return meta
 
 
