@@ -28,9 +28,13 @@ class Calibration:
         return h.hexdigest()
 
 
-def as_calibration(calibration, vocab_size: int | None = None) -> Calibration:
-    """Accept a LongTensor [N, T] or a dict with `input_ids` and `attention_mask`; raise CalibrationError."""
+def as_calibration(calibration, vocab_size: int | None = None, max_positions: int | None = None) -> Calibration:
+    """Accept a LongTensor [N, T] or a dict with `input_ids` and `attention_mask`; raise CalibrationError.
+
+    max_positions: the model's position limit (config.max_position_embeddings); longer windows are refused here
+    rather than failing deep in a forward pass (or, for rotary models, silently extrapolating)."""
     if isinstance(calibration, Calibration):
+        check_length(calibration.input_ids.shape[1], max_positions)
         return calibration
     if isinstance(calibration, torch.Tensor):
         ids, mask = calibration, None
@@ -52,6 +56,7 @@ def as_calibration(calibration, vocab_size: int | None = None) -> Calibration:
                                f"{tuple(ids.shape)}")
     if not bool(((mask == 0) | (mask == 1)).all()):
         raise CalibrationError("attention_mask must hold only 0 and 1")
+    check_length(ids.shape[1], max_positions)
     ids, mask = ids.long().cpu(), mask.long().cpu()
     if int(mask.sum()) == 0:
         raise CalibrationError("calibration has no valid token: every attention_mask entry is 0")
@@ -68,3 +73,9 @@ def check_batch_size(batch_size) -> int:
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise CalibrationError(f"batch_size must be a positive integer, got {batch_size!r}")
     return batch_size
+
+
+def check_length(seqlen: int, max_positions: int | None) -> None:
+    if max_positions is not None and seqlen > max_positions:
+        raise CalibrationError(f"calibration windows of {seqlen} tokens exceed the model's {max_positions} positions "
+                               f"(max_position_embeddings): use --seqlen {max_positions} or less")

@@ -9,6 +9,7 @@ import argparse
 import importlib
 import logging
 import sys
+import traceback
 
 from dynslice.errors import DynsliceError
 
@@ -18,6 +19,7 @@ COMMANDS = ("slice", "score", "plan", "assets", "evaluate", "run", "ls", "push")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dynslice", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--debug", action="store_true", help="on an error, show the traceback too")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMANDS:
         importlib.import_module(f"dynslice.commands.{name}").add_parser(sub)
@@ -33,8 +35,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except DynsliceError as exc:
+        if args.debug:
+            traceback.print_exc()
         print(f"dynslice: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("dynslice: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

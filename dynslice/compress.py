@@ -123,7 +123,8 @@ def slice_model(model: nn.Module, calibration, plan: SlicePlan, *, batch_size: i
     check_batch_size(batch_size)
     if not isinstance(checkpoint_every, int) or checkpoint_every < 1:
         raise DynsliceError(f"checkpoint_every must be a positive integer, got {checkpoint_every!r}")
-    calib = as_calibration(calibration, vocab_size=model.config.vocab_size)
+    calib = as_calibration(calibration, vocab_size=model.config.vocab_size,
+                           max_positions=getattr(model.config, "max_position_embeddings", None))
     home = next(model.parameters()).device
     device = torch.device(device) if device is not None else home
     signal_device = torch.device(signal_device) if signal_device is not None else device

@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from dynslice.errors import ConfigError
+from dynslice.errors import ConfigError, first_line
 
 Dtype = Literal["float32", "bfloat16", "float16", "float64", "auto"]  # auto: the checkpoint's own
 _FILE_SUFFIXES = (".txt", ".jsonl", ".json", ".parquet")
@@ -129,6 +129,22 @@ class CompressConfig(_Strict):
             raise ValueError("selection: the held-out data must differ from the evaluation's perplexity data")
         return self
 
+    @field_validator("store")
+    @classmethod
+    def _store(cls, value: str) -> str:
+        if "://" in value:
+            import fsspec
+
+            protocol = value.split("://", 1)[0]
+            try:
+                fsspec.get_filesystem_class(protocol)
+            except ValueError:
+                raise ValueError(f"unknown storage protocol {protocol}:// (known: file, s3, gs, az, memory, ...)") \
+                    from None
+            except ImportError as exc:
+                raise ValueError(f"the {protocol}:// store needs a package that is not installed: {exc}") from None
+        return value
+
     @field_validator("device")
     @classmethod
     def _device(cls, value: str) -> str:
@@ -204,8 +220,10 @@ def read_config(path: str | None, cls: type[CompressConfig] = CompressConfig,
                 data = yaml.safe_load(f) or {}
         except FileNotFoundError:
             raise ConfigError(f"configuration file {path} does not exist") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path} is not a YAML text file (byte {exc.start} is not UTF-8)") from None
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+            raise ConfigError(f"{path} is not valid YAML: {first_line(exc)}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path} must hold a YAML mapping")
     return load_config(data, cls, overrides)

@@ -36,7 +36,7 @@ from huggingface_hub.file_download import repo_folder_name
 from dynslice.hashing import sha256_bytes, sha256_file
 from dynslice.locations import cache_root, is_uri
 from dynslice.datasources import FORMATS, DataSource, file_format, format_spec
-from dynslice.errors import DataError
+from dynslice.errors import DataError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -322,13 +322,32 @@ def open_split(src: DataSource) -> OpenedSplit:
 
 
 def texts(opened: OpenedSplit) -> Iterator[str]:
-    """The split's texts in order (rows with no text skipped)."""
+    """The split's texts in order (rows with no text skipped). Files are parsed while they are read, so a
+    decoding or parsing failure surfaces here: it becomes a DataError naming the source (never its contents)."""
     field = opened.source.field
-    for row in opened.rows:
+    rows = iter(opened.rows)
+    while True:
+        try:
+            row = next(rows)
+        except StopIteration:
+            return
+        except _LOAD_ERRORS as exc:
+            raise _unreadable(opened, exc) from None
         if field not in row:
             _check_field(opened, list(row))
         if row[field] is not None:
             yield str(row[field])
+
+
+def _unreadable(opened: OpenedSplit, exc: BaseException) -> DataError:
+    where = opened.source.describe()
+    cause = exc
+    while cause is not None and not isinstance(cause, UnicodeDecodeError):
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(cause, UnicodeDecodeError):
+        return DataError(f"{where} is not UTF-8 text ({cause.encoding} cannot decode byte {cause.start}): convert "
+                         f"it first, e.g. `iconv -f latin1 -t utf-8 FILE > FILE.utf8`")
+    return DataError(f"cannot read {where}: {type(exc).__name__}: {first_line(exc)}")
 
 
 def shuffled_texts(opened: OpenedSplit, seed: int, buffer_size: int, shards: int) -> Iterator[str]:

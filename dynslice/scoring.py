@@ -77,7 +77,8 @@ def score_all_metrics(model: nn.Module, calibration, *, metrics: tuple[str, ...]
         raise ScoreError(f"unknown metric {unknown or metrics!r}; expected some of {', '.join(METRICS)}")
     check_batch_size(batch_size)
     spec = spec_for(model)
-    calib = as_calibration(calibration, vocab_size=model.config.vocab_size)
+    calib = as_calibration(calibration, vocab_size=model.config.vocab_size,
+                           max_positions=getattr(model.config, "max_position_embeddings", None))
     home = next(model.parameters()).device
     device = torch.device(device) if device is not None else home
     signal_device = torch.device(signal_device) if signal_device is not None else device

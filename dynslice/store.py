@@ -261,12 +261,17 @@ class ArtifactStore:
         return ArtifactRef(stage, key, self.uri, {n: e["sha256"] for n, e in entries.items()}, result)
 
     def manifests(self, stage: str | None = None) -> list[dict]:
+        """Every readable manifest (of one stage); corrupt or foreign ones are skipped with a warning."""
         pattern = self.path("manifests", stage or "*", "*.json")
         out = []
         for path in sorted(self.fs.glob(pattern)):
             try:
-                out.append(json.loads(self.fs.cat_file(path)))
+                manifest = json.loads(self.fs.cat_file(path))
             except (json.JSONDecodeError, UnicodeDecodeError):
+                manifest = None
+            if isinstance(manifest, dict) and isinstance(manifest.get("key"), str):
+                out.append(manifest)
+            else:
                 log.warning("skipping corrupt manifest %s", path)
         return out
 

@@ -11,7 +11,7 @@ from dynslice.planners import default_variations
 from dynslice.report import run_name
 from dynslice.tasks.common import store_spec
 from dynslice.tasks.publish import publish
-from dynslice.tasks.stages import calibration, evaluate, plan, score, slice_
+from dynslice.tasks.stages import calibration, check_store, evaluate, plan, score, slice_
 
 
 def _value(ref):
@@ -49,6 +49,7 @@ def slice_and_select(config: CompressConfig, calibration_ref: dict, plan_refs: l
 def compress(config: CompressConfig = CompressConfig()) -> dict:
     c = config
     store = store_spec(c.store, c.store_block)
+    check_store(store)  # a missing bucket or denied access fails here, before any compute
     calibration_ref = calibration.submit(store, c.model, c.calibration)
     score_ref = score.submit(store, c.model, calibration_ref, c.calibration.batch_size, c.device)
     if c.plan.planner == "auto":
@@ -59,7 +60,9 @@ def compress(config: CompressConfig = CompressConfig()) -> dict:
         plan_ref = plan.submit(store, score_ref, c.plan)
         slice_ref = slice_.submit(store, c.model, calibration_ref, plan_ref, c.calibration.batch_size, c.device,
                                   c.checkpoint_every)
-    dense_eval = evaluate.submit(store, c.model, c.evaluation, c.device)
+    # after the slice: when an earlier stage fails, no heavy evaluation starts (the flow fails with that stage)
+    after = [slice_ref] if isinstance(slice_ref, PrefectFuture) else []
+    dense_eval = evaluate.submit(store, c.model, c.evaluation, c.device, wait_for=after)
     sliced_eval = evaluate.submit(store, c.model, c.evaluation, c.device, slice_ref)
     futures = {"calibration": calibration_ref, "score": score_ref, "plan": plan_ref, "slice": slice_ref,
                "dense_eval": dense_eval, "sliced_eval": sliced_eval}

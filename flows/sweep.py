@@ -14,7 +14,7 @@ from dynslice.plots import plot_sweep
 from dynslice.flows.compress import slice_and_select
 from dynslice.tasks.common import store_spec
 from dynslice.tasks.publish import publish
-from dynslice.tasks.stages import calibration, evaluate, plan, score
+from dynslice.tasks.stages import calibration, check_store, evaluate, plan, score
 
 
 def grid_points(config: SweepConfig) -> list[dict]:
@@ -33,6 +33,7 @@ def grid_points(config: SweepConfig) -> list[dict]:
 def sweep(config: SweepConfig = SweepConfig()) -> dict:
     c = config
     store = store_spec(c.store, c.store_block)
+    check_store(store)  # a missing bucket or denied access fails here, before any compute
     calibration_ref = calibration.submit(store, c.model, c.calibration)
     score_ref = score.submit(store, c.model, calibration_ref, c.calibration.batch_size, c.device)
     points = grid_points(c)

@@ -23,6 +23,12 @@ _OPTIONS = dict(cache_policy=NONE, persist_result=False, retry_condition_fn=io_e
 _HEAVY = dict(_OPTIONS, tags=["gpu"])  # a concurrency limit on the tag keeps heavy stages one per GPU
 
 
+@task(name="check-store", **_OPTIONS)
+def check_store(store: dict) -> None:
+    """Before any compute: the store exists, is reachable and may be written (else fail naming the bucket)."""
+    open_store(store).check_access()
+
+
 @task(name="calibration", **_OPTIONS)
 def calibration(store: dict, model: ModelConfig, calibration: CalibrationConfig) -> dict:
     return reported(calibration_stage.run(open_store(store), model, calibration))

@@ -4,10 +4,41 @@ import argparse
 
 from dynslice.commands import options
 from dynslice.config import CalibrationConfig, ModelConfig
+from dynslice.errors import ConfigError
 
 MODEL_FLAGS = {"source": "--model", "revision": "--revision", "dtype": "--dtype"}
 CALIBRATION_FLAGS = {"source": "--calib", "split": "--split", "nsamples": "--nsamples", "seqlen": "--seqlen",
                      "seed": "--seed", "batch_size": "--batch-size"}
+
+
+def read_text(path: str, option: str) -> str:
+    """A small text file named on the command line (local or fsspec URI); ConfigError naming the option."""
+    import fsspec
+
+    try:
+        with fsspec.open(path, "r", encoding="utf-8") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise ConfigError(f"{option}: no such file {path}") from None
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{option}: cannot read {path} ({type(exc).__name__})") from None
+
+
+def check_positions(model: ModelConfig, seqlen: int) -> None:
+    """Windows longer than a local model's positions are refused before its weights are loaded."""
+    from dynslice.calibration import check_length
+    from dynslice.sources import classify_source, demo_folder
+
+    kind = classify_source(model.source)
+    if kind not in ("folder", "sliced", "demo"):
+        return  # hub ids, URIs and GGUF files are checked once loaded
+    import json
+
+    from dynslice.locations import local_path
+
+    folder = demo_folder(model.source) if kind == "demo" else local_path(model.source)
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    check_length(seqlen, config.get("max_position_embeddings"))
 
 
 def positive_int(text: str) -> int:

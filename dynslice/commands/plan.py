@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from dynslice.commands import options
+from dynslice.commands import options, read_text
 from dynslice.config import PlanConfig
 
 PLAN_FLAGS = {"planner": "--planner", "target": "--target", "variation": "--variation", "budget": "--budget",
@@ -31,8 +31,7 @@ def run(args: argparse.Namespace) -> int:
     config = options.build(PlanConfig, args, PLAN_FLAGS)
     if config.planner == "auto":
         raise ConfigError("--planner auto chooses on held-out perplexity: use `dynslice run compress`")
-    with fsspec.open(args.scores, "r", encoding="utf-8") as f:
-        scores = LayerScores.from_json(f.read())
+    scores = LayerScores.from_json(read_text(args.scores, "--scores"))
     variation = config.effective_variation if config.planner == "dynamic" else config.variation
     plan = make_plan(scores, config.planner, config.target, variation=variation, budget=config.budget,
                      round_to=config.round_to, max_slice=config.max_slice)

@@ -21,11 +21,31 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
+def preflight(uri: str) -> None:
+    """The store is reachable and writable, or one error line saying which store and why."""
+    from dynslice.errors import StoreError
+    from dynslice.store import ArtifactStore
+    from dynslice.storeaccess import is_transient
+
+    store = ArtifactStore(uri)
+    try:
+        store.check_access()
+    except StoreError:
+        raise
+    except Exception as exc:  # check_access lets only transient failures through: still unreachable after retries
+        if not is_transient(exc):
+            raise
+        raise StoreError(f"cannot reach the store {store.uri}: {type(exc).__name__}: {exc}. Check the endpoint "
+                         f"(AWS_ENDPOINT_URL) and the network, then run again") from None
+
+
 def run(args: argparse.Namespace) -> int:
     from dynslice.config import CompressConfig, SweepConfig, read_config
 
     overrides = list(args.overrides) + ([f"store={args.store}"] if args.store else [])
     config = read_config(args.config, SweepConfig if args.flow == "sweep" else CompressConfig, overrides)
+    if not config.store_block:  # fail in a second, before Prefect starts, when the store cannot be written
+        preflight(config.store)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no calls home from offline machines
     # a fresh temporary server migrates its SQLite database first: ~30 s on 2 busy cores, past Prefect's 20 s
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from dynslice.commands import add_model_and_calibration, calibration_config, model_config
+from dynslice.commands import add_model_and_calibration, calibration_config, check_positions, model_config
 from dynslice.scores import METRICS
 
 
@@ -28,6 +28,7 @@ def run(args: argparse.Namespace) -> int:
 
     model, calib = model_config(args), calibration_config(args)
     device = resolve_device(args.device)
+    check_positions(model, calib.seqlen)
     loaded = resolve_model(model.source, revision=model.revision, dtype=model.dtype)
     sample = calibration_windows(calib.source, loaded.tokenizer, calib.nsamples, calib.seqlen, split=calib.split,
                                  seed=calib.seed)

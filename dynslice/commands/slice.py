@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from dynslice.commands import add_model_and_calibration, calibration_config, model_config
+from dynslice.commands import add_model_and_calibration, calibration_config, check_positions, model_config, read_text
 
 
 def add_parser(sub) -> None:
@@ -20,8 +20,6 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import fsspec
-
     from dynslice.compress import slice_model
     from dynslice.counts import check_plan, unique_parameters
     from dynslice.data import calibration_windows
@@ -32,12 +30,12 @@ def run(args: argparse.Namespace) -> int:
     from dynslice.sliced.format import save_sliced
 
     model, calib = model_config(args), calibration_config(args)
-    device = resolve_device(args.device)
     if args.plan:
-        with fsspec.open(args.plan, "r", encoding="utf-8") as f:
-            plan = SlicePlan.from_json(f.read())
+        plan = SlicePlan.from_json(read_text(args.plan, "--plan"))
     elif not 0.0 <= args.sparsity < 1.0:  # refused before anything is loaded
         raise PlanError(f"sparsity must be in [0, 1), got {args.sparsity}")
+    device = resolve_device(args.device)
+    check_positions(model, calib.seqlen)
     loaded = resolve_model(model.source, revision=model.revision, dtype=model.dtype)
     config = loaded.model.config
     if not args.plan:

@@ -54,6 +54,10 @@ def perplexity(model: torch.nn.Module, ids: torch.Tensor, seqlen: int, *, max_wi
                batch_size: int = 1, device: str | torch.device | None = None,
                progress: bool = True) -> PerplexityResult:
     """ids: the tokenized split [L]. The model stays where it is unless `device` is given."""
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if limit is not None and seqlen > limit:
+        raise EvaluationError(f"perplexity windows of {seqlen} tokens exceed the model's {limit} positions: use a "
+                              f"seqlen of {limit} or less")
     windows = windows_of(ids.flatten(), seqlen, max_windows)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     total = torch.zeros((), dtype=torch.float64)
