@@ -19,30 +19,43 @@ from dynslice.plan import SlicePlan
 from dynslice.sliced.modeling_dynslice import reads_norm_with_bias, replace_norms, transformers_tying_off, wrap_layers
 
 
+_ROW_CHUNK = 8192  # rows folded at a time: a head of 150k x 8k rows never has a whole float64 copy in memory
+
+
 def _fold_into(norm: nn.Module, linears: list[nn.Linear], add_bias: bool) -> None:
-    """linear(norm(x) * g + beta) == linear'(norm(x)) with W' = W diag(g), b' = b + W beta (float64 math)."""
+    """linear(norm(x) * g + beta) == linear'(norm(x)) with W' = W diag(g), b' = b + W beta.
+
+    Float64 math (one rounding to the weight's dtype at the end), a chunk of rows at a time and in place, so a
+    vocabulary-sized head costs one chunk of extra memory, not a float64 copy of itself."""
     gain = getattr(norm, "weight", None)
     beta = getattr(norm, "bias", None)
     for linear in linears:
-        w = linear.weight.data.double()
+        w = linear.weight.data  # [out, D], updated in place
+        g = None if gain is None else gain.data.to(w.device, torch.float64)
+        b = None if beta is None else beta.data.to(w.device, torch.float64)
+        shift = torch.zeros(w.shape[0], dtype=torch.float64, device=w.device) if b is not None else None
+        for start in range(0, w.shape[0], _ROW_CHUNK):
+            rows = w[start:start + _ROW_CHUNK].double()  # [chunk, D]
+            if b is not None:
+                shift[start:start + _ROW_CHUNK] = rows @ b
+            if g is not None:
+                w[start:start + _ROW_CHUNK] = (rows * g).to(w.dtype)
         bias = None if linear.bias is None else linear.bias.data.double()
-        if beta is not None:
-            shift = w @ beta.data.double().to(w.device)
+        if shift is not None:
             bias = shift if bias is None else bias + shift
         if bias is None and add_bias:
             bias = torch.zeros(w.shape[0], dtype=torch.float64, device=w.device)
-        if gain is not None:
-            w = w * gain.data.double().to(w.device)
-        dtype = linear.weight.dtype
-        linear.weight = nn.Parameter(w.to(dtype), requires_grad=False)
+        linear.weight = nn.Parameter(w, requires_grad=False)
         if bias is not None:
-            linear.bias = nn.Parameter(bias.to(dtype), requires_grad=False)
+            linear.bias = nn.Parameter(bias.to(w.dtype), requires_grad=False)
 
 
 def _centre_rows(weight: torch.Tensor) -> torch.Tensor:
-    """Subtract each row's mean across the stream dimension (the last one)."""
-    w = weight.double()
-    return (w - w.mean(dim=-1, keepdim=True)).to(weight.dtype)
+    """Subtract each row's mean across the stream dimension (the last one), in place, a chunk at a time."""
+    for start in range(0, weight.shape[0], _ROW_CHUNK):
+        rows = weight[start:start + _ROW_CHUNK].double()
+        weight[start:start + _ROW_CHUNK] = (rows - rows.mean(dim=-1, keepdim=True)).to(weight.dtype)
+    return weight
 
 
 def _centre_writer(linear: nn.Linear) -> None:
