@@ -36,8 +36,6 @@ from dynslice.trainstate import TrainCheckpoint, TrainState
 log = logging.getLogger(__name__)
 
 SHORTCUTS = ("attn_shortcut", "mlp_shortcut", "shortcut")  # the blocks' shortcut parameters (modeling_dynslice)
-# settings that do not change the trained weights, hence not part of a state folder's fingerprint
-_NOT_FINGERPRINTED = {"enabled", "checkpoint_every"}
 
 
 @dataclass(frozen=True)
@@ -124,21 +122,20 @@ def attach(model: nn.Module, settings: RecoverConfig) -> _Adapted:
     """Wrap `model` with LoRA adapters (and shortcut updates); only those train."""
     peft = _peft()
     arch = arch_of(model)
+    slots = shortcut_slots(model, arch) if settings.shortcuts == "lora" else []
+    if settings.shortcuts == "lora" and not slots:
+        raise DynsliceError("shortcuts: lora needs a sliced model (this one carries no shortcut matrices)")
     config = peft.LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
                              target_modules=adapter_targets(model, arch, settings.targets), bias="none")
     wrapped = peft.get_peft_model(model, config, autocast_adapter_dtype=True)
     want = adapter_dtype(next(model.parameters()).dtype)
-    for name, p in wrapped.named_parameters():
+    for p in wrapped.parameters():
         if p.requires_grad and p.dtype != want:  # peft upcasts half adapters itself; float64 models stay exact
             p.data = p.data.to(want)
-    slots = []
-    if settings.shortcuts == "lora":
-        slots = shortcut_slots(model, arch)
-        if not slots:
-            raise DynsliceError("shortcuts: lora needs a sliced model (this one carries no shortcut matrices)")
-        for block, name in slots:
-            update = LowRankUpdate(getattr(block, name), settings.rank, settings.alpha / settings.rank, want)
-            parametrize.register_parametrization(block, name, update)
+    # after peft, which freezes every parameter not named lora_*
+    for block, name in slots:
+        update = LowRankUpdate(getattr(block, name), settings.rank, settings.alpha / settings.rank, want)
+        parametrize.register_parametrization(block, name, update)
     trainable = {n: p for n, p in wrapped.named_parameters() if p.requires_grad}
     return _Adapted(wrapped, slots, trainable)
 
@@ -244,7 +241,7 @@ def fingerprint(model: nn.Module, calib: Calibration, settings: RecoverConfig) -
         flat = p.detach().reshape(-1)
         sample = flat[:: max(1, flat.numel() // 256)].to("cpu", torch.float64)  # cheap, catches replaced weights
         h.update(f"{name}{tuple(p.shape)}{p.dtype}".encode() + sample.numpy().tobytes())
-    h.update(json.dumps(settings.model_dump(exclude=_NOT_FINGERPRINTED), sort_keys=True).encode())
+    h.update(json.dumps(settings.key_params(), sort_keys=True).encode())
     h.update(calib.fingerprint().encode())
     return h.hexdigest()
 
@@ -287,17 +284,53 @@ def _summary(losses: tuple[float, ...]) -> tuple[float | None, float | None]:
     return sum(losses[:k]) / k, sum(losses[-k:]) / k
 
 
+def _train(adapted: _Adapted, calib: Calibration, settings: RecoverConfig, state: TrainState | None,
+           resume: TrainCheckpoint | None, device: torch.device, progress: bool) -> tuple[list[float], int, int]:
+    """The optimizer loop from the checkpoint (or step 0) to settings.steps; (losses, tokens, first step)."""
+    params = list(adapted.trainable.values())
+    optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    losses, tokens, first = [], 0, 0
+    if resume is not None:
+        _restore(adapted, optimizer, resume, device)
+        losses, tokens, first = list(resume.losses), resume.tokens, resume.step
+    micro = settings.micro_batch_size or settings.batch_size
+    adapted.wrapped.train()  # dropout on
+    bar = tqdm(range(first, settings.steps), desc="recovery", unit="step", disable=not progress, initial=first,
+               total=settings.steps)
+    for step in bar:
+        rows = batch_rows(step, settings.batch_size, calib.input_ids.shape[0], settings.seed)  # [B]
+        for group in optimizer.param_groups:
+            group["lr"] = settings.lr * lr_factor(step, settings.steps, settings.warmup_steps, settings.schedule)
+        loss, count = _accumulate(adapted.wrapped, calib.input_ids[rows], calib.attention_mask[rows], micro, device)
+        if not math.isfinite(loss):
+            raise DynsliceError(f"recovery diverged at step {step} (loss {loss}): lower the lr")
+        if settings.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss)
+        tokens += count
+        bar.set_postfix(loss=f"{loss:.3f}")
+        done = step + 1
+        if state and (done % settings.checkpoint_every == 0 or done == settings.steps):
+            state.save(_checkpoint(adapted, optimizer, done, losses, tokens, device))
+    if not all(bool(torch.isfinite(p).all()) for p in params):
+        raise DynsliceError("recovery produced non-finite adapter weights: lower the lr")
+    return losses, tokens, first
+
+
 def recover(model: nn.Module, train, settings: RecoverConfig, *, state_dir: str | None = None,
             storage_options: dict | None = None, device: str | torch.device | None = None,
             progress: bool = True) -> RecoveryStats:
     """LoRA-fine-tune `model` (sliced, or dense of a supported family) in place and merge the adapters.
 
     train: LongTensor [N, T] of token ids, or a dict with `input_ids` and `attention_mask` (right padding
-        masked), e.g. `training_windows(settings, tokenizer).as_dict()`.
+        masked), or a dynslice.data.CalibrationSample, e.g. `training_windows(settings, tokenizer)`.
     device: where training runs (default: where the model is); the model goes back where it was.
     state_dir: folder or fsspec URI; the training state is saved there every `settings.checkpoint_every`
         steps, and a run given the same folder resumes from it (bitwise the same result on the CPU).
     storage_options: fsspec options for `state_dir`; default: the environment's.
+    On an exception the adapters are dropped unmerged: the model is as it was, and a rerun can resume.
     """
     started = time.perf_counter()
     if not settings.enabled or settings.steps == 0:
@@ -315,55 +348,23 @@ def recover(model: nn.Module, train, settings: RecoverConfig, *, state_dir: str 
     was_training = model.training
     flags = {name: p.requires_grad for name, p in model.named_parameters()}
     model.to(device)
-    merged = False
     try:
         with _private_rng(settings.seed, device):
             adapted = attach(model, settings)
+            merge = False
             try:
-                params = list(adapted.trainable.values())
-                optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
-                losses, tokens, first = [], 0, 0
-                if resume is not None:
-                    _restore(adapted, optimizer, resume, device)
-                    losses, tokens, first = list(resume.losses), resume.tokens, resume.step
-                micro = settings.micro_batch_size or settings.batch_size
-                n = calib.input_ids.shape[0]
-                adapted.wrapped.train()
-                bar = tqdm(range(first, settings.steps), desc="recovery", unit="step", disable=not progress,
-                           initial=first, total=settings.steps)
-                for step in bar:
-                    rows = batch_rows(step, settings.batch_size, n, settings.seed)
-                    for group in optimizer.param_groups:
-                        group["lr"] = settings.lr * lr_factor(step, settings.steps, settings.warmup_steps,
-                                                              settings.schedule)
-                    loss, count = _accumulate(adapted.wrapped, calib.input_ids[rows], calib.attention_mask[rows],
-                                              micro, device)
-                    if not math.isfinite(loss):
-                        raise DynsliceError(f"recovery diverged at step {step} (loss {loss}): lower the lr")
-                    if settings.max_grad_norm is not None:
-                        torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    losses.append(loss)
-                    tokens += count
-                    bar.set_postfix(loss=f"{loss:.3f}")
-                    done = step + 1
-                    if state and (done % settings.checkpoint_every == 0 or done == settings.steps):
-                        state.save(_checkpoint(adapted, optimizer, done, losses, tokens, device))
-                if not all(bool(torch.isfinite(p).all()) for p in params):
-                    raise DynsliceError("recovery produced non-finite adapter weights: lower the lr")
-                trainable = sum(p.numel() for p in params)
-                merged = True
+                losses, tokens, first = _train(adapted, calib, settings, state, resume, device, progress)
+                merge = True
             finally:
-                detach(adapted, merge=merged)
+                detach(adapted, merge=merge)
     finally:
         for name, p in model.named_parameters():
             p.requires_grad_(flags[name])
         model.to(home)
         model.train(was_training)
     loss_start, loss_end = _summary(tuple(losses))
-    stats = RecoveryStats(settings.steps, loss_start, loss_end, tuple(losses), tokens, trainable, first,
-                          time.perf_counter() - started)
+    stats = RecoveryStats(settings.steps, loss_start, loss_end, tuple(losses), tokens,
+                          sum(p.numel() for p in adapted.trainable.values()), first, time.perf_counter() - started)
     log.info("recovery: %d steps, loss %.4f -> %.4f, %d tokens, %.1f s", stats.steps, loss_start, loss_end,
              tokens, stats.wall_s)
     return stats

@@ -31,7 +31,7 @@ class RecoverConfig(_Strict):
     micro_batch_size: int | None = Field(None, ge=1, description="windows per forward pass; gradients accumulate "
                                                                  "over batch_size / micro_batch_size passes "
                                                                  "(null: batch_size, no accumulation)")
-    lr: float = Field(2e-4, gt=0.0, description="peak AdamW learning rate")
+    lr: float = Field(5e-4, gt=0.0, description="peak AdamW learning rate")
     schedule: Literal["cosine", "constant"] = Field("cosine", description="after warm-up: cosine decay to 0 at "
                                                                           "the last step, or constant")
     warmup_steps: int = Field(10, ge=0, description="steps of linear warm-up from lr / warmup_steps to lr")
@@ -59,6 +59,11 @@ class RecoverConfig(_Strict):
         if self.split == "test":
             raise ValueError("split must not be `test`: recovery trains on data the evaluation does not report on")
         return self
+
+    def key_params(self) -> dict:
+        """The settings that change the trained weights (for cache keys and state fingerprints): all but
+        `enabled` and `checkpoint_every`."""
+        return self.model_dump(exclude={"enabled", "checkpoint_every"})
 
     @property
     def accumulation(self) -> int:
