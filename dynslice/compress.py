@@ -23,6 +23,7 @@ from dynslice.calibration import Calibration, as_calibration, check_batch_size
 from dynslice.capture import capture_layer_inputs
 from dynslice.counts import check_plan, unique_parameters
 from dynslice.errors import DynsliceError
+from dynslice.fingerprints import weights_fingerprint
 from dynslice.fusion import fuse_norms, shares_table, ties_embeddings, untie_reason
 from dynslice.loopstate import LoopState, Resume
 from dynslice.plan import SlicePlan
@@ -43,11 +44,7 @@ def _fingerprint(model: nn.Module, calib: Calibration, plan: SlicePlan, batch_si
     h = hashlib.sha256()
     config = {k: v for k, v in model.config.to_dict().items() if k not in ("_name_or_path", "transformers_version")}
     h.update(json.dumps(config, sort_keys=True, default=str).encode())
-    for name, p in model.named_parameters():
-        flat = p.detach().reshape(-1)
-        sample = flat[:: max(1, flat.numel() // 256)].to("cpu", torch.float64)  # cheap, catches replaced weights
-        h.update(name.encode() + sample.numpy().tobytes())
-    h.update(str(next(model.parameters()).dtype).encode())
+    h.update(weights_fingerprint(model).encode())
     h.update(json.dumps({"widths": plan.widths, "mid": plan.mid, "batch": batch_size, "tied_head": tied}).encode())
     h.update(calib.fingerprint().encode())
     return h.hexdigest()

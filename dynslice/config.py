@@ -92,6 +92,66 @@ class EvaluationConfig(_Strict):
         return self
 
 
+RecoverTarget = Literal["attn_inputs", "attn_output", "mlp_inputs", "mlp_output"]
+RECOVER_TARGETS: tuple[str, ...] = ("attn_inputs", "attn_output", "mlp_inputs", "mlp_output")
+
+
+class RecoverConfig(_Strict):
+    """The optional `recover` stage: a short LoRA fine-tune of the sliced model, merged back into its weights."""
+    enabled: bool = Field(False, description="fine-tune the sliced model with LoRA after slicing (then merge)")
+    source: str = Field("wiki", description="training text: hub dataset name, local file/folder, fsspec URI or "
+                                            "demo name")
+    split: str | None = Field("train", description="split to train on (never the evaluation's test split)")
+    nsamples: int = Field(256, ge=1, description="training windows sampled from the split (cycled in a seeded "
+                                                 "order when steps x batch_size exceeds them)")
+    seqlen: int = Field(256, ge=2, description="tokens per training window")
+    seed: int = Field(0, ge=0, description="seeds the window sampling, the adapters' initialisation, dropout and "
+                                           "the order of the windows")
+    steps: int = Field(200, ge=0, description="optimizer steps (0: nothing to do)")
+    batch_size: int = Field(4, ge=1, description="windows per optimizer step")
+    micro_batch_size: int | None = Field(None, ge=1, description="windows per forward pass; gradients accumulate "
+                                                                 "over batch_size / micro_batch_size passes "
+                                                                 "(null: batch_size, no accumulation)")
+    lr: float = Field(5e-4, gt=0.0, description="peak AdamW learning rate")
+    schedule: Literal["cosine", "constant"] = Field("cosine", description="after warm-up: cosine decay to 0 at "
+                                                                          "the last step, or constant")
+    warmup_steps: int = Field(10, ge=0, description="steps of linear warm-up from lr / warmup_steps to lr")
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW decoupled weight decay on the adapters")
+    max_grad_norm: float | None = Field(1.0, gt=0.0, description="clip the adapters' gradient norm to this "
+                                                                 "(null: no clipping)")
+    rank: int = Field(8, ge=1, description="LoRA rank r")
+    alpha: float = Field(16.0, gt=0.0, description="LoRA alpha: the update is scaled by alpha / rank")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="dropout on the adapters' inputs")
+    targets: list[RecoverTarget] = Field(default_factory=lambda: list(RECOVER_TARGETS), min_length=1,
+                                  description="linears given adapters, as groups of the architecture's paths: "
+                                              "attn_inputs (q, k, v), attn_output, mlp_inputs (gate, up / fc1), "
+                                              "mlp_output")
+    shortcuts: Literal["frozen", "lora"] = Field("frozen", description="the blocks' shortcut matrices: frozen, or "
+                                                 "given low-rank updates of the same rank (merged like the "
+                                                 "adapters)")
+    checkpoint_every: int = Field(50, ge=1, description="optimizer steps between training checkpoints")
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if len(set(self.targets)) != len(self.targets):
+            raise ValueError(f"targets lists a group twice: {self.targets}")
+        if self.micro_batch_size is not None and self.batch_size % self.micro_batch_size:
+            raise ValueError(f"micro_batch_size {self.micro_batch_size} must divide batch_size {self.batch_size}")
+        if self.split == "test":
+            raise ValueError("split must not be `test`: recovery trains on data the evaluation does not report on")
+        return self
+
+    def key_params(self) -> dict:
+        """The settings that change the trained weights (for cache keys and state fingerprints): all but
+        `enabled` and `checkpoint_every`."""
+        return self.model_dump(exclude={"enabled", "checkpoint_every"})
+
+    @property
+    def accumulation(self) -> int:
+        """Forward passes per optimizer step."""
+        return self.batch_size // (self.micro_batch_size or self.batch_size)
+
+
 class SelectionConfig(_Strict):
     """Held-out data for picking among plans (never the evaluation's test split)."""
     source: str = "wiki"
@@ -115,12 +175,20 @@ class CompressConfig(_Strict):
     plan: PlanConfig = PlanConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     selection: SelectionConfig = SelectionConfig()
+    recover: RecoverConfig = RecoverConfig()
     store: str = Field("./dynslice-store", description="artifact store: a folder or an fsspec URI (s3://...)")
     store_block: str | None = Field(None, description="Prefect Secret block whose JSON value holds the store's "
                                                       "fsspec options (endpoint_url, key, secret, ...)")
     device: str = Field("auto", description="auto (cuda if available), cpu, cuda, cuda:1, ...")
     checkpoint_every: int = Field(1, ge=1, description="layers between slicing checkpoints")
     run_name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+    @model_validator(mode="after")
+    def _recovery_is_not_evaluation(self):
+        e, r = self.evaluation, self.recover
+        if r.enabled and e.ppl and r.source == e.ppl and r.split == (e.ppl_split or "test"):
+            raise ValueError("recover: the training text must differ from the evaluation's perplexity data")
+        return self
 
     @model_validator(mode="after")
     def _selection_is_not_evaluation(self):

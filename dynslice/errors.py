@@ -53,6 +53,10 @@ class StoreError(DynsliceError):
     """An artifact store URI, key or artifact is malformed, or the store cannot be used."""
 
 
+class RecoveryError(DynsliceError):
+    """Recovery fine-tuning cannot run as asked (peft missing, no shortcuts to adapt) or diverged."""
+
+
 class HubError(DynsliceError):
     """A model cannot be published to the Hub as asked: not a sliced model, a bad repo id, or refused."""
 

@@ -391,8 +391,9 @@ def _size_section(sliced: int, dense: int | None) -> list[str]:
         lines[-1] += f" The dense model has {dense:,}: **{-change / dense:.1%} fewer parameters**."
     else:
         lines += ["", f"**This model has more parameters than the dense model:** {sliced:,} against {dense:,} "
-                      f"(+{change / dense:.1%}). Slicing unties a tied head and adds shortcut matrices between "
-                      "layers; at this plan those additions outweigh what slicing removed. It is not smaller "
+                      f"(+{change / dense:.1%}). Slicing adds shortcut matrices between layers (and, where the "
+                      "head could not stay tied, a head of its own); at this plan those additions outweigh what "
+                      "slicing removed. It is not smaller "
                       "than the model it came from."]
     lines += ["", "Mean slicing (the share of layer-input width removed) is not the share of parameters removed: "
                   "the head keeps its full width and the shortcut matrices are new parameters."]

@@ -39,8 +39,8 @@ def _size_change(dense: dict, sliced: dict) -> str:
     removed = 1 - sliced["parameters"] / dense["parameters"]
     if removed >= 0:
         return f"{removed:.1%} removed"
-    # slicing unties a tied head and adds shortcut matrices: at a low target a small model can grow
-    return f"{-removed:.1%} more than dense: untied head and shortcuts"
+    # the shortcut matrices (and an untied head) can outweigh what a low target slices away
+    return f"{-removed:.1%} more than dense: shortcut matrices outweigh the slicing"
 
 
 def markdown_table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> str:
@@ -61,7 +61,8 @@ def compress_report(run: str, config: dict, results: dict[str, dict], images: di
         f"budget {plan['budget']}; achieved mean slicing {_num(plan.get('achieved_mean_slicing'), '.4f')}, "
         f"parameters removed {_num(plan.get('achieved_param_reduction'), '.4f')}",
         f"- slicing: {sliced['layers_computed']} layers computed (resumed from layer {sliced['resumed_from_layer']}),"
-        f" {sliced.get('wall_s', 'n/a')} s", "",
+        f" {sliced.get('wall_s', 'n/a')} s",
+        *_recovery_line(results.get("recover")), "",
         "## Dense against sliced", "",
         markdown_table(comparison_rows(results["dense_eval"], results["sliced_eval"]), ("", "dense", "sliced")),
         "", f"Evaluation: {eval_line(config['evaluation'])}", "",
@@ -69,6 +70,14 @@ def compress_report(run: str, config: dict, results: dict[str, dict], images: di
     for caption, ref in images.items():
         lines += [f"### {caption}", "", f"![{caption}]({ref})", ""]
     return "\n".join(lines)
+
+
+def _recovery_line(recovered: dict | None) -> list[str]:
+    if not recovered:
+        return []
+    return [f"- recovery (LoRA, merged): {recovered.get('steps')} steps, training loss "
+            f"{_num(recovered.get('loss_start'), '.4f')} -> {_num(recovered.get('loss_end'), '.4f')}, "
+            f"{recovered.get('tokens', 0):,} tokens, {recovered.get('wall_s', 'n/a')} s"]
 
 
 def eval_line(evaluation: dict) -> str:

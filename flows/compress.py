@@ -11,7 +11,7 @@ from dynslice.planners import default_variations
 from dynslice.report import run_name
 from dynslice.tasks.common import store_spec
 from dynslice.tasks.publish import publish
-from dynslice.tasks.stages import calibration, check_store, evaluate, plan, score, slice_
+from dynslice.tasks.stages import calibration, check_store, evaluate, plan, recover, score, slice_
 
 
 def _value(ref):
@@ -61,11 +61,14 @@ def compress(config: CompressConfig = CompressConfig()) -> dict:
         slice_ref = slice_.submit(store, c.model, calibration_ref, plan_ref, c.calibration.batch_size, c.device,
                                   c.checkpoint_every)
     # after the slice: when an earlier stage fails, no heavy evaluation starts (the flow fails with that stage)
-    after = [slice_ref] if isinstance(slice_ref, PrefectFuture) else []
-    dense_eval = evaluate.submit(store, c.model, c.evaluation, c.device, wait_for=after)
-    sliced_eval = evaluate.submit(store, c.model, c.evaluation, c.device, slice_ref)
-    futures = {"calibration": calibration_ref, "score": score_ref, "plan": plan_ref, "slice": slice_ref,
-               "dense_eval": dense_eval, "sliced_eval": sliced_eval}
+    futures = {"calibration": calibration_ref, "score": score_ref, "plan": plan_ref, "slice": slice_ref}
+    final = slice_ref  # the model the run delivers: the slice, or its recovered version
+    if c.recover.enabled:
+        final = futures["recover"] = recover.submit(store, c.model, slice_ref, c.recover, c.device)
+    # after the model: when an earlier stage fails, no heavy evaluation starts (the flow fails with that stage)
+    after = [final] if isinstance(final, PrefectFuture) else []
+    futures["dense_eval"] = evaluate.submit(store, c.model, c.evaluation, c.device, wait_for=after)
+    futures["sliced_eval"] = evaluate.submit(store, c.model, c.evaluation, c.device, final)
     refs = {name: _value(f) for name, f in futures.items()}
     run = c.run_name or run_name(c.model.source, refs["plan"]["result"]["planner"], c.plan.target,
                                  refs["slice"]["key"])

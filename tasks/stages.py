@@ -10,10 +10,11 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NONE
 
-from dynslice.config import CalibrationConfig, EvaluationConfig, ModelConfig, PlanConfig
+from dynslice.config import CalibrationConfig, EvaluationConfig, ModelConfig, PlanConfig, RecoverConfig
 from dynslice.pipeline import calibration as calibration_stage
 from dynslice.pipeline import evaluate as evaluate_stage
 from dynslice.pipeline import plan as plan_stage
+from dynslice.pipeline import recover as recover_stage
 from dynslice.pipeline import score as score_stage
 from dynslice.pipeline import slice as slice_stage
 from dynslice.store import ArtifactRef
@@ -50,6 +51,12 @@ def slice_(store: dict, model: ModelConfig, calibration_ref: dict, plan_ref: dic
            checkpoint_every: int) -> dict:
     ref = slice_stage.run(open_store(store), model, ArtifactRef.from_dict(calibration_ref),
                           ArtifactRef.from_dict(plan_ref), batch_size, device, checkpoint_every)
+    return reported(ref)
+
+
+@task(name="recover", **_HEAVY)
+def recover(store: dict, model: ModelConfig, slice_ref: dict, settings: RecoverConfig, device: str) -> dict:
+    ref = recover_stage.run(open_store(store), model, ArtifactRef.from_dict(slice_ref), settings, device)
     return reported(ref)
 
 

@@ -1,4 +1,4 @@
-"""Report rows say plainly whether the sliced model is smaller or (small tied models) larger."""
+"""Report rows say plainly whether the sliced model is smaller or (a low target) larger."""
 
 from dynslice.report import comparison_rows, run_name
 
@@ -12,7 +12,7 @@ def test_size_change_is_worded_both_ways():
     assert smaller[0] == ("parameters", "1,000", "750 (25.0% removed)")
     assert smaller[1] == ("perplexity", "10.000", "12.500")
     larger = comparison_rows(_eval(1000, 10.0), _eval(1071, 11.0))
-    assert larger[0][2] == "1,071 (7.1% more than dense: untied head and shortcuts)"
+    assert larger[0][2] == "1,071 (7.1% more than dense: shortcut matrices outweigh the slicing)"
 
 
 def test_run_names_are_deterministic_and_safe():

@@ -28,9 +28,10 @@ STAGE = Stage("evaluate", code=(__name__,), outputs=("evaluation.json",))
 
 def run(store: ArtifactStore, model: ModelConfig, evaluation: EvaluationConfig, device: str = "auto",
         slice_ref: ArtifactRef | None = None) -> ArtifactRef:
-    """Evaluate the dense model (slice_ref None) or a sliced artifact."""
+    """Evaluate the dense model (slice_ref None) or a sliced artifact (of the slice or the recover stage)."""
     resolved = resolve_device(device)
-    subject = f"slice:{slice_ref.key}" if slice_ref is not None else identify_model(model.source, model.revision).key
+    subject = (f"{slice_ref.stage}:{slice_ref.key}" if slice_ref is not None
+               else identify_model(model.source, model.revision).key)
     inputs = {"model": subject, "dtype": model.dtype, "evaluation": evaluation.model_dump(),
               "data": data_identity(evaluation), "machine": machine(resolved) if evaluation.speed else None}
 

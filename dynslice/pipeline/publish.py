@@ -31,12 +31,16 @@ def plots(metric: str) -> dict[str, tuple[str, str, str]]:
 
 
 def publish_run(store: ArtifactStore, run: str, config: dict, refs: dict[str, ArtifactRef]) -> Published:
-    """Export one compression run; refs: calibration, score, plan, slice, dense_eval and sliced_eval."""
+    """Export one compression run; refs: calibration, score, plan, slice, (recover,) dense_eval, sliced_eval.
+    The exported model is the recovered one when the run recovered, else the slice."""
     results = {name: ref.result for name, ref in refs.items()}
     figures = plots(config["plan"]["metric"])
     files: dict = {exported: Blob(refs[stage].files[name]) for stage, name, exported in figures.values()}
     files["plan.json"] = Blob(refs["plan"].files["plan.json"])
-    files.update({name: Blob(digest) for name, digest in refs["slice"].files.items() if name.startswith("model/")})
+    model = refs.get("recover", refs["slice"])
+    files.update({name: Blob(digest) for name, digest in model.files.items() if name.startswith("model/")})
+    if "recover" in refs:
+        files["recovery.json"] = Blob(refs["recover"].files["recovery.json"])
     files["summary.json"] = json.dumps({"config": config, "results": results,
                                         "artifacts": {k: r.manifest_uri for k, r in refs.items()}},
                                        indent=2, sort_keys=True).encode()
