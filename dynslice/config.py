@@ -152,6 +152,17 @@ class RecoverConfig(_Strict):
         return self.batch_size // (self.micro_batch_size or self.batch_size)
 
 
+class HubConfig(_Strict):
+    """Optional last step: push the run's sliced model to the Hugging Face Hub with a generated model card."""
+    repo_id: str | None = Field(None, description="Hub repo (org/name) to push the sliced model to after the run; "
+                                                  "null: no push")
+    private: bool = Field(False, description="create the repo private")
+    revision: str | None = Field(None, description="branch to commit to (created from main); null: main")
+    token_block: str | None = Field(None, description="Prefect Secret block holding a Hub write token (default: "
+                                                      "HF_TOKEN in the worker's environment); never the token "
+                                                      "itself")
+
+
 class SelectionConfig(_Strict):
     """Held-out data for picking among plans (never the evaluation's test split)."""
     source: str = "wiki"
@@ -176,6 +187,7 @@ class CompressConfig(_Strict):
     evaluation: EvaluationConfig = EvaluationConfig()
     selection: SelectionConfig = SelectionConfig()
     recover: RecoverConfig = RecoverConfig()
+    hub: HubConfig = HubConfig()
     store: str = Field("./dynslice-store", description="artifact store: a folder or an fsspec URI (s3://...)")
     store_block: str | None = Field(None, description="Prefect Secret block whose JSON value holds the store's "
                                                       "fsspec options (endpoint_url, key, secret, ...)")

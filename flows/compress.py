@@ -10,7 +10,7 @@ from dynslice.config import CompressConfig, EvaluationConfig
 from dynslice.planners import default_variations
 from dynslice.report import run_name
 from dynslice.tasks.common import store_spec
-from dynslice.tasks.publish import publish
+from dynslice.tasks.publish import publish, push_to_hub
 from dynslice.tasks.stages import calibration, check_store, evaluate, plan, recover, score, slice_
 
 
@@ -73,5 +73,7 @@ def compress(config: CompressConfig = CompressConfig()) -> dict:
     run = c.run_name or run_name(c.model.source, refs["plan"]["result"]["planner"], c.plan.target,
                                  refs["slice"]["key"])
     published = publish.submit(store, run, c.model_dump(), refs).result()
+    if c.hub.repo_id:
+        published["hub"] = push_to_hub.submit(published["run"], c.hub).result()
     print(f"run {run}: report {published['report']}\n\n{published['table']}")
     return {"run": run, **published, "refs": refs}
