@@ -26,6 +26,7 @@ from dynslice.errors import DynsliceError
 from dynslice.fingerprints import weights_fingerprint
 from dynslice.fusion import fuse_norms, shares_table, ties_embeddings, untie_reason
 from dynslice.loopstate import LoopState, Resume
+from dynslice.phases import phase
 from dynslice.plan import SlicePlan
 from dynslice.rotate import rotate_inputs
 from dynslice.sliced.modeling_dynslice import mark_sliced, sliced_meta, structure_block, tie_head_modules
@@ -131,14 +132,18 @@ def slice_model(model: nn.Module, calibration, plan: SlicePlan, *, batch_size: i
 
     model.eval()
     with torch.no_grad():
-        final_gain = fuse_norms(model, spec, tied_head=tied)
-        sig = capture_layer_inputs(model, spec, calib, batch_size, device, signal_device, keep_inputs=saved is None)
+        with phase("norm fusion"):
+            final_gain = fuse_norms(model, spec, tied_head=tied)
+        with phase("embedding pass"):
+            sig = capture_layer_inputs(model, spec, calib, batch_size, device, signal_device,
+                                       keep_inputs=saved is None)
         if saved is None:
             first = 0
             q, spectrum = slice_embeddings(model, _tables(spec, tied), plan.widths[0], sig, device, signal_device)
             q0 = q
             if tied:
-                tie_head(model, spec, q, final_gain, plan.widths[0])
+                with phase("weight updates"):
+                    tie_head(model, spec, q, final_gain, plan.widths[0])
             spectra["embedding"] = spectrum.cpu()
             if state:
                 state.save_embeddings(_ends_state(model, spec, tied, q))
@@ -161,12 +166,14 @@ def slice_model(model: nn.Module, calibration, plan: SlicePlan, *, batch_size: i
             spectra.update({f"layer.{i}.{k}": v.cpu() for k, v in layer_spectra.items()})
             layers[i] = block.to(home)
             if state and ((i + 1) % checkpoint_every == 0 or i + 1 == plan.num_layers):
-                for j in range(unsaved, i + 1):
-                    state.save_layer(j, layers[j].state_dict())
-                state.commit(i + 1, q, sig.inputs, spectra)
+                with phase("checkpoints"):
+                    for j in range(unsaved, i + 1):
+                        state.save_layer(j, layers[j].state_dict())
+                    state.commit(i + 1, q, sig.inputs, spectra)
                 unsaved = i + 1
         if not tied:  # (a tied head was given its final weights with the embedding)
-            rotate_inputs(model.get_submodule(spec.head), q[:, :plan.widths[-1]])
+            with phase("weight updates"):
+                rotate_inputs(model.get_submodule(spec.head), q[:, :plan.widths[-1]])
     mark_sliced(model, spec.to_dict(), plan.to_dict(), tied_head=tied)
     log.info("sliced %s: %d layers, %d parameters", type(model).__name__, plan.num_layers, unique_parameters(model))
     return model

@@ -9,10 +9,13 @@ from torch import nn
 _ROW_CHUNK = 8192  # embedding/head rows per chunk: bounds the extra memory for 100k+ vocabularies
 
 
-def _rows_times(weight: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """weight [R, D] @ q [D, d] in float64, a chunk of rows at a time, cast back."""
+def _rows_times(weight: torch.Tensor, q: torch.Tensor, in_place: bool = False) -> torch.Tensor:
+    """weight [R, D] @ q [D, d] in float64, a chunk of rows at a time, cast back. `in_place` (square q only)
+    overwrites `weight` itself: a vocabulary-sized table then needs no second copy."""
     q = q.to(device=weight.device, dtype=torch.float64)
-    out = torch.empty(weight.shape[0], q.shape[1], dtype=weight.dtype, device=weight.device)
+    if in_place and q.shape[0] != q.shape[1]:
+        raise ValueError("an in-place rotation keeps the width: q must be square")
+    out = weight if in_place else torch.empty(weight.shape[0], q.shape[1], dtype=weight.dtype, device=weight.device)
     for start in range(0, weight.shape[0], _ROW_CHUNK):
         out[start:start + _ROW_CHUNK] = (weight[start:start + _ROW_CHUNK].double() @ q).to(weight.dtype)
     return out
@@ -51,8 +54,9 @@ def tied_head_weights(table: torch.Tensor, q: torch.Tensor,
                       gain: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """A head tied to the table E [V, D], reading the stream in the basis q [D, D] through a norm of scale g [D]:
     n(x q^T) diag(g) E^T = n(x) (q^T diag(g) q) (E q)^T (n commutes with the rotation: it keeps norms).
-    Returns (E q [V, D], M = q^T diag(g) q [D, D]) in the table's dtype; without a scale, g = 1."""
-    weight = _rows_times(table, q)
+    Returns (E q [V, D], M = q^T diag(g) q [D, D]) in the table's dtype; without a scale, g = 1.
+    The table is rotated in place (it is not used unrotated afterwards): no second vocabulary-sized copy."""
+    weight = _rows_times(table, q, in_place=True)
     qd = q.to(device=table.device, dtype=torch.float64)
     g = torch.ones(qd.shape[0], dtype=torch.float64, device=qd.device) if gain is None \
         else gain.to(device=qd.device, dtype=torch.float64)

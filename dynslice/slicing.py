@@ -18,6 +18,7 @@ from torch import nn
 from dynslice.architectures import ArchSpec
 from dynslice.capture import LayerInputs, move_to, zero_pads
 from dynslice.pca import Covariance, pca_basis
+from dynslice.phases import phase
 from dynslice.rotate import as_parameter, rotate_embedding, rotate_inputs, rotate_outputs, tied_head_weights
 from dynslice.sliced.modeling_dynslice import tie_head_modules, transformers_tying_off
 
@@ -32,8 +33,9 @@ def _plus_shortcut(update: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 def _project(sig: LayerInputs, basis: torch.Tensor, device: torch.device, signal_device: torch.device) -> None:
     """The signals in a new basis [D, d], sliced to its d columns."""
-    for b, x in enumerate(sig.inputs):
-        sig.inputs[b] = (x.to(device) @ basis.to(device, x.dtype)).to(signal_device)
+    with phase("signal projection"):
+        for b, x in enumerate(sig.inputs):
+            sig.inputs[b] = (x.to(device) @ basis.to(device, x.dtype)).to(signal_device)
 
 
 class _Writer:
@@ -58,11 +60,13 @@ def slice_embeddings(model: nn.Module, paths: tuple[str, ...], width: int, sig: 
     """Q_0 from the embeddings' output; the tables at `paths` rotated and sliced to `width` (a table the head
     shares is left to tie_head) and the signals projected. Returns (Q_0 [D, D] float64, its eigenvalues [D])."""
     cov = Covariance(sig.inputs[0].shape[-1], device)
-    for x, m in zip(sig.inputs, sig.masks):
-        cov.add(x.to(device), m)
-    q, spectrum = pca_basis(cov, "embedding")
-    for path in paths:
-        rotate_embedding(model.get_submodule(path), q[:, :width])
+    with phase("PCA"):
+        for x, m in zip(sig.inputs, sig.masks):
+            cov.add(x.to(device), m)
+        q, spectrum = pca_basis(cov, "embedding")
+    with phase("weight updates"):
+        for path in paths:
+            rotate_embedding(model.get_submodule(path), q[:, :width])
     _project(sig, q[:, :width], device, signal_device)
     return q, spectrum
 
@@ -95,36 +99,43 @@ def slice_sequential(block: nn.Module, spec: ArchSpec, q: torch.Tensor, widths: 
     Returns the absolute basis of the block's output [D, D] and the spectra {"mid", "out"}."""
     d_in, d_mid, d_out = widths
     full = q.shape[0]
-    attn_out = _Writer(block.get_submodule(spec.attn_output))
-    mlp_out = _Writer(block.get_submodule(spec.mlp_output))
-    for path in spec.attn_inputs:
-        rotate_inputs(block.get_submodule(path), q[:, :d_in])
-    attn_out.rotate(q)
+    with phase("weight updates"):
+        attn_out = _Writer(block.get_submodule(spec.attn_output))
+        mlp_out = _Writer(block.get_submodule(spec.mlp_output))
+        for path in spec.attn_inputs:
+            rotate_inputs(block.get_submodule(path), q[:, :d_in])
+        attn_out.rotate(q)
     like = attn_out.weight
     cov = Covariance(full, device)
-    for b, (x, m, kw) in enumerate(zip(sig.inputs, sig.masks, sig.kwargs)):
-        x = x.to(device)
-        mid = zero_pads(_plus_shortcut(block.attend(block.norm_attn(x), **move_to(kw, device)), x), m)  # [B, T, D]
-        cov.add(mid, m)
-        sig.inputs[b] = mid.to(signal_device)
-    r_mid, spectrum_mid = pca_basis(cov, f"{where} attention output")
-    q_mid = q @ r_mid
-    block.attn_shortcut = as_parameter(r_mid[:d_in, :d_mid], like)
-    attn_out.rotate(q_mid[:, :d_mid])
-    for path in spec.mlp_inputs:
-        rotate_inputs(block.get_submodule(path), q_mid[:, :d_mid])
-    mlp_out.rotate(q_mid)
+    with phase("attention passes"):
+        for b, (x, m, kw) in enumerate(zip(sig.inputs, sig.masks, sig.kwargs)):
+            x = x.to(device)
+            mid = zero_pads(_plus_shortcut(block.attend(block.norm_attn(x), **move_to(kw, device)), x), m)  # [B, T, D]
+            cov.add(mid, m)
+            sig.inputs[b] = mid.to(signal_device)
+    with phase("PCA"):
+        r_mid, spectrum_mid = pca_basis(cov, f"{where} attention output")
+    with phase("weight updates"):
+        q_mid = q @ r_mid
+        block.attn_shortcut = as_parameter(r_mid[:d_in, :d_mid], like)
+        attn_out.rotate(q_mid[:, :d_mid])
+        for path in spec.mlp_inputs:
+            rotate_inputs(block.get_submodule(path), q_mid[:, :d_mid])
+        mlp_out.rotate(q_mid)
     to_mid = r_mid[:, :d_mid].to(device, like.dtype)  # [D, d_mid]
     cov = Covariance(full, device)
-    for b, (mid, m) in enumerate(zip(sig.inputs, sig.masks)):
-        h = mid.to(device) @ to_mid
-        out = zero_pads(_plus_shortcut(block.feed_forward(block.norm_mlp(h)), h), m)  # [B, T, D]
-        cov.add(out, m)
-        sig.inputs[b] = out.to(signal_device)
-    r_out, spectrum_out = pca_basis(cov, f"{where} output")  # (the spectrum is recorded even with out_basis)
-    q_out, r_out = _output_basis(q_mid, r_out, out_basis)
-    block.mlp_shortcut = as_parameter(r_out[:d_mid, :d_out], like)
-    mlp_out.rotate(q_out[:, :d_out])
+    with phase("MLP passes"):
+        for b, (mid, m) in enumerate(zip(sig.inputs, sig.masks)):
+            h = mid.to(device) @ to_mid
+            out = zero_pads(_plus_shortcut(block.feed_forward(block.norm_mlp(h)), h), m)  # [B, T, D]
+            cov.add(out, m)
+            sig.inputs[b] = out.to(signal_device)
+    with phase("PCA"):
+        r_out, spectrum_out = pca_basis(cov, f"{where} output")  # (the spectrum is recorded even with out_basis)
+    with phase("weight updates"):
+        q_out, r_out = _output_basis(q_mid, r_out, out_basis)
+        block.mlp_shortcut = as_parameter(r_out[:d_mid, :d_out], like)
+        mlp_out.rotate(q_out[:, :d_out])
     _project(sig, r_out[:, :d_out], device, signal_device)
     return q_out, {"mid": spectrum_mid, "out": spectrum_out}
 
@@ -135,24 +146,28 @@ def slice_parallel(block: nn.Module, spec: ArchSpec, q: torch.Tensor, widths: tu
     """y = x S + attn(n(x)) + mlp(n(x)): one pass of both. Returns the output basis and {"out": spectrum}."""
     d_in, _, d_out = widths
     full = q.shape[0]
-    writers = [_Writer(block.get_submodule(spec.attn_output)), _Writer(block.get_submodule(spec.mlp_output))]
-    for path in spec.attn_inputs + spec.mlp_inputs:
-        rotate_inputs(block.get_submodule(path), q[:, :d_in])
-    for writer in writers:
-        writer.rotate(q)
+    with phase("weight updates"):
+        writers = [_Writer(block.get_submodule(spec.attn_output)), _Writer(block.get_submodule(spec.mlp_output))]
+        for path in spec.attn_inputs + spec.mlp_inputs:
+            rotate_inputs(block.get_submodule(path), q[:, :d_in])
+        for writer in writers:
+            writer.rotate(q)
     cov = Covariance(full, device)
-    for b, (x, m, kw) in enumerate(zip(sig.inputs, sig.masks, sig.kwargs)):
-        x = x.to(device)
-        normed = block.norm_attn(x)
-        out = _plus_shortcut(block.attend(normed, **move_to(kw, device)) + block.feed_forward(normed), x)
-        out = zero_pads(out, m)
-        cov.add(out, m)
-        sig.inputs[b] = out.to(signal_device)
-    r, spectrum = pca_basis(cov, f"{where} output")
-    q_next, r = _output_basis(q, r, out_basis)
-    block.shortcut = as_parameter(r[:d_in, :d_out], writers[0].weight)
-    for writer in writers:
-        writer.rotate(q_next[:, :d_out])
+    with phase("attention + MLP passes"):
+        for b, (x, m, kw) in enumerate(zip(sig.inputs, sig.masks, sig.kwargs)):
+            x = x.to(device)
+            normed = block.norm_attn(x)
+            out = _plus_shortcut(block.attend(normed, **move_to(kw, device)) + block.feed_forward(normed), x)
+            out = zero_pads(out, m)
+            cov.add(out, m)
+            sig.inputs[b] = out.to(signal_device)
+    with phase("PCA"):
+        r, spectrum = pca_basis(cov, f"{where} output")
+    with phase("weight updates"):
+        q_next, r = _output_basis(q, r, out_basis)
+        block.shortcut = as_parameter(r[:d_in, :d_out], writers[0].weight)
+        for writer in writers:
+            writer.rotate(q_next[:, :d_out])
     _project(sig, r[:, :d_out], device, signal_device)
     return q_next, {"out": spectrum}
 

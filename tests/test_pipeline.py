@@ -256,3 +256,78 @@ def test_sweep_shares_calibration_and_picks_the_lowest_held_out_perplexity(works
     store = ArtifactStore(ws / "store")
     assert len(store.manifests("calibration")) == 1 and len(store.manifests("score")) == 1  # shared by the grid
     assert Path(result["report"].removeprefix("file://")).is_file()
+
+
+def test_a_failed_stage_stops_the_heavy_stages_after_it(workspace):
+    """Calibration fails (its text is missing): nothing after it runs, not even the dense evaluation."""
+    ws = workspace
+    (ws / "eval.txt").write_text(TEXT[::-1])
+    cfg = config(ws, calibration={"source": str(ws / "no-such-calib.txt")})
+    with pytest.raises(Exception, match="no-such-calib"):
+        run_compress(cfg)
+    assert ArtifactStore(ws / "store").manifests() == []  # no stage published anything, no evaluation ran
+
+
+def test_recovery_runs_as_a_cached_stage_and_its_model_is_published(workspace):
+    ws = workspace
+    (ws / "eval.txt").write_text(TEXT[::-1])
+    cfg = config(ws, recover={"enabled": True, "source": str(ws / "calib.txt"), "split": None, "nsamples": 8,
+                              "seqlen": 32, "steps": 3, "batch_size": 2, "warmup_steps": 1})
+    first = run_compress(cfg)
+    recovered = first["refs"]["recover"]
+    assert recovered["result"]["steps"] == 3 and recovered["result"]["loss_end"] is not None
+    assert recovered["files"]["model/model.safetensors"] != first["refs"]["slice"]["files"]["model/model.safetensors"]
+    exported = Path(first["model"].removeprefix("file://")) / "model.safetensors"
+    from dynslice.hashing import sha256_file
+
+    assert sha256_file(exported) == recovered["files"]["model/model.safetensors"]  # the run ships the recovered model
+    second = run_compress(cfg)
+    assert second["refs"]["recover"]["cached"] and second["refs"]["sliced_eval"]["cached"]
+
+
+def test_the_flow_pushes_the_run_to_the_hub_when_asked(workspace, monkeypatch):
+    from unittest import mock
+
+    from huggingface_hub import HfApi
+
+    ws = workspace
+    (ws / "eval.txt").write_text(TEXT[::-1])
+    api = mock.create_autospec(HfApi, instance=True)
+    api.list_repo_files.return_value = []
+    api.create_commit.return_value = mock.Mock(commit_url="https://huggingface.co/team/tiny/commit/abc")
+    monkeypatch.setattr("dynslice.hub._client", lambda token: api)
+    result = run_compress(config(ws, hub={"repo_id": "team/tiny-sliced"}))
+    assert result["hub"] == "https://huggingface.co/team/tiny/commit/abc"
+    (call,) = api.create_commit.call_args_list
+    uploaded = sorted(op.path_in_repo for op in call.args[1])
+    assert "README.md" in uploaded and "model.safetensors" in uploaded and "config.json" in uploaded
+
+
+@pytest.mark.slow
+def test_load_a_sweep_of_twenty_points_through_an_s3_store(workspace, monkeypatch):
+    """Load test: 20 grid points through the flow against an S3-compatible server; every artifact present and
+    every manifest verifying afterwards. The wall time is printed for the record."""
+    from dynslice.config import SweepConfig
+    from dynslice.flows.sweep import sweep
+
+    ws = workspace
+    (ws / "eval.txt").write_text(TEXT[::-1])
+    (ws / "heldout.txt").write_text(TEXT[100:] + TEXT[:100])
+    with s3_server(monkeypatch) as (fs, bucket):
+        cfg = config(ws, store=f"s3://{bucket}/dynslice",
+                     selection={"source": str(ws / "heldout.txt"), "split": None, "seqlen": 32, "windows": 2})
+        cfg["grid"] = {"targets": [0.1, 0.2, 0.3, 0.4, 0.5], "variations": [0.02, 0.05, 0.08],
+                       "planners": ["constant", "dynamic"], "budgets": ["mean"]}
+        start = time.time()
+        result = sweep(load_config(cfg, SweepConfig))
+        wall = time.time() - start
+        assert len(result["points"]) == 20
+        store = ArtifactStore(f"s3://{bucket}/dynslice")
+        manifests = store.manifests()
+        from dynslice.pipeline import evaluate, plan, slice as slice_stage
+
+        for m in manifests:
+            stage = {"slice": slice_stage.STAGE, "plan": plan.STAGE, "evaluate": evaluate.STAGE}.get(m["stage"])
+            assert store.lookup(m["stage"], m["key"], stage.outputs if stage else None) is not None, m["stage"]
+        assert len({p["slice"] for p in result["points"]}) == len(store.manifests("slice"))
+        print(f"\nload test: 20 grid points, {len(manifests)} artifacts, {wall:.0f} s")
