@@ -24,12 +24,12 @@ from dynslice.capture import capture_layer_inputs
 from dynslice.counts import check_plan, unique_parameters
 from dynslice.errors import DynsliceError
 from dynslice.fingerprints import weights_fingerprint
-from dynslice.fusion import fuse_norms, shares_table, ties_embeddings, untie_reason
+from dynslice.fusion import fuse_ends, fuse_head, fuse_layer, shares_table, ties_embeddings, untie_reason
 from dynslice.loopstate import LoopState, Resume
 from dynslice.phases import phase
 from dynslice.plan import SlicePlan
 from dynslice.rotate import rotate_inputs
-from dynslice.sliced.modeling_dynslice import mark_sliced, sliced_meta, structure_block, tie_head_modules
+from dynslice.sliced.modeling_dynslice import mark_sliced, sliced_meta, structure_block, tie_head_modules, wrap_layer
 from dynslice.slicing import SLICERS, slice_embeddings, tie_head
 
 log = logging.getLogger(__name__)
@@ -79,10 +79,11 @@ def _restore(model: nn.Module, spec: ArchSpec, plan: SlicePlan, saved: Resume, h
         for name, _ in list(head.named_parameters(recurse=False)):
             setattr(head, name, nn.Parameter(saved.embeddings[f"{spec.head}.{name}"].to(home), requires_grad=False))
         q0 = saved.embeddings[_BASIS_KEY]
-    layers, arch = model.get_submodule(spec.layers), spec.to_dict()
+    arch = spec.to_dict()
     for i, weights in enumerate(saved.layers):
-        structure_block(layers[i], arch, plan.widths[i], plan.mid[i], plan.widths[i + 1])
-        layers[i].load_state_dict(weights)
+        block = wrap_layer(model, arch, i, model.config.hidden_size)  # its weights come from the checkpoint
+        structure_block(block, arch, plan.widths[i], plan.mid[i], plan.widths[i + 1])
+        block.load_state_dict(weights)
     return q0
 
 
@@ -133,7 +134,7 @@ def slice_model(model: nn.Module, calibration, plan: SlicePlan, *, batch_size: i
     model.eval()
     with torch.no_grad():
         with phase("norm fusion"):
-            final_gain = fuse_norms(model, spec, tied_head=tied)
+            final_gain = fuse_ends(model, spec, tied_head=tied)
         with phase("embedding pass"):
             sig = capture_layer_inputs(model, spec, calib, batch_size, device, signal_device,
                                        keep_inputs=saved is None)
@@ -158,7 +159,8 @@ def slice_model(model: nn.Module, calibration, plan: SlicePlan, *, batch_size: i
         bar = tqdm(range(first, plan.num_layers), desc="slicing layers", unit="layer", disable=not progress,
                    initial=first, total=plan.num_layers)
         for i in bar:
-            block = layers[i].to(device)
+            with phase("norm fusion"):
+                block = fuse_layer(model, spec, i).to(device)
             widths = (plan.widths[i], plan.mid[i], plan.widths[i + 1])
             # a tied head reads the stream in Q_0's basis: the last layer writes it there (d_L = D: exact)
             out_basis = q0.to(device) if tied and i == plan.num_layers - 1 else None
@@ -171,6 +173,8 @@ def slice_model(model: nn.Module, calibration, plan: SlicePlan, *, batch_size: i
                         state.save_layer(j, layers[j].state_dict())
                     state.commit(i + 1, q, sig.inputs, spectra)
                 unsaved = i + 1
+        with phase("norm fusion"):
+            fuse_head(model, spec, tied_head=tied)
         if not tied:  # (a tied head was given its final weights with the embedding)
             with phase("weight updates"):
                 rotate_inputs(model.get_submodule(spec.head), q[:, :plan.widths[-1]])

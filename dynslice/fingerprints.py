@@ -16,6 +16,7 @@ def weights_fingerprint(model: nn.Module) -> str:
     h = hashlib.sha256()
     for name, p in model.named_parameters():
         flat = p.detach().reshape(-1)
-        sample = flat[:: max(1, flat.numel() // _SAMPLES)].to("cpu", torch.float64)  # cheap, catches replaced weights
+        # contiguous first: converting a strided view would allocate a tensor spanning the whole strided range
+        sample = flat[:: max(1, flat.numel() // _SAMPLES)].contiguous().to("cpu", torch.float64)
         h.update(f"{name}{tuple(p.shape)}{p.dtype}".encode() + sample.numpy().tobytes())
     return h.hexdigest()

@@ -16,7 +16,8 @@ from torch import nn
 
 from dynslice.architectures import ArchSpec
 from dynslice.plan import SlicePlan
-from dynslice.sliced.modeling_dynslice import reads_norm_with_bias, replace_norms, transformers_tying_off, wrap_layers
+from dynslice.sliced.modeling_dynslice import (reads_norm_with_bias, replace_final_norm, transformers_tying_off,
+                                               wrap_layer)
 
 
 _ROW_CHUNK = 8192  # rows folded at a time: a head of 150k x 8k rows never has a whole float64 copy in memory
@@ -50,12 +51,11 @@ def _fold_into(norm: nn.Module, linears: list[nn.Linear], add_bias: bool) -> Non
             linear.bias = nn.Parameter(bias.to(w.dtype), requires_grad=False)
 
 
-def _centre_rows(weight: torch.Tensor) -> torch.Tensor:
+def _centre_rows(weight: torch.Tensor) -> None:
     """Subtract each row's mean across the stream dimension (the last one), in place, a chunk at a time."""
     for start in range(0, weight.shape[0], _ROW_CHUNK):
         rows = weight[start:start + _ROW_CHUNK].double()
         weight[start:start + _ROW_CHUNK] = (rows - rows.mean(dim=-1, keepdim=True)).to(weight.dtype)
-    return weight
 
 
 def _centre_writer(linear: nn.Linear) -> None:
@@ -101,35 +101,55 @@ def untie_head(model: nn.Module, spec: ArchSpec) -> None:
     transformers_tying_off(model)
 
 
-def fuse_norms(model: nn.Module, spec: ArchSpec, tied_head: bool = False) -> torch.Tensor | None:
-    """Fold norms into readers, centre LayerNorm streams, wrap layers in shortcut blocks; untie the head unless
-    `tied_head`. Returns, for a tied head, the final norm's scale g [D] (float64), which the head takes later."""
-    arch = spec.to_dict()
-    add_bias = reads_norm_with_bias(arch)
+def fuse_ends(model: nn.Module, spec: ArchSpec, tied_head: bool = False) -> torch.Tensor | None:
+    """Before the layer loop: untie the head unless `tied_head`, centre LayerNorm embedding tables. Returns, for a
+    tied head, the final norm's scale g [D] (float64), which the head takes later."""
     final_gain = None
     if tied_head:  # RMSNorm only (untie_reason): a scale, no bias
         gain = getattr(model.get_submodule(spec.final_norm), "weight", None)
         final_gain = None if gain is None else gain.data.to(torch.float64).clone()
     else:
         untie_head(model, spec)
-    layers = model.get_submodule(spec.layers)
     if spec.norm == "layer":
         for path in spec.embeddings:
-            emb = model.get_submodule(path)
-            emb.weight = nn.Parameter(_centre_rows(emb.weight.data), requires_grad=False)
-        for layer in layers:
-            _centre_writer(layer.get_submodule(spec.attn_output))
-            _centre_writer(layer.get_submodule(spec.mlp_output))
-    for layer in layers:
-        attn_readers = [layer.get_submodule(p) for p in spec.attn_inputs]
-        mlp_readers = [layer.get_submodule(p) for p in spec.mlp_inputs]
-        if spec.topology == "parallel":
-            _fold_into(layer.get_submodule(spec.attn_norm), attn_readers + mlp_readers, add_bias)
-        else:
-            _fold_into(layer.get_submodule(spec.attn_norm), attn_readers, add_bias)
-            _fold_into(layer.get_submodule(spec.mlp_norm), mlp_readers, add_bias)
+            _centre_rows(model.get_submodule(path).weight.data)
+    return final_gain
+
+
+def fuse_layer(model: nn.Module, spec: ArchSpec, index: int) -> nn.Module:
+    """One decoder layer, just before it is sliced: centre its stream writers (LayerNorm), fold its norms into
+    the linears that read them, and wrap it in its shortcut block (returned). Layer by layer, so only one
+    layer's fused copy exists at a time."""
+    layer = model.get_submodule(spec.layers)[index]
+    add_bias = reads_norm_with_bias(spec.to_dict())
+    if spec.norm == "layer":
+        _centre_writer(layer.get_submodule(spec.attn_output))
+        _centre_writer(layer.get_submodule(spec.mlp_output))
+    attn_readers = [layer.get_submodule(p) for p in spec.attn_inputs]
+    mlp_readers = [layer.get_submodule(p) for p in spec.mlp_inputs]
+    if spec.topology == "parallel":
+        _fold_into(layer.get_submodule(spec.attn_norm), attn_readers + mlp_readers, add_bias)
+    else:
+        _fold_into(layer.get_submodule(spec.attn_norm), attn_readers, add_bias)
+        _fold_into(layer.get_submodule(spec.mlp_norm), mlp_readers, add_bias)
+    return wrap_layer(model, spec.to_dict(), index, model.config.hidden_size)
+
+
+def fuse_head(model: nn.Module, spec: ArchSpec, tied_head: bool = False) -> None:
+    """After the loop: fold the final norm into an untied head (a tied head took its scale already); the final
+    norm becomes scale-free."""
     if not tied_head:
-        _fold_into(model.get_submodule(spec.final_norm), [model.get_submodule(spec.head)], add_bias)
-    replace_norms(model, arch, model.config.hidden_size)
-    wrap_layers(model, arch)
+        _fold_into(model.get_submodule(spec.final_norm), [model.get_submodule(spec.head)],
+                   reads_norm_with_bias(spec.to_dict()))
+    replace_final_norm(model, spec.to_dict(), model.config.hidden_size)
+
+
+def fuse_norms(model: nn.Module, spec: ArchSpec, tied_head: bool = False) -> torch.Tensor | None:
+    """The whole fusion at once (the layer loop does it piece by piece): fold norms into readers, centre
+    LayerNorm streams, wrap layers in shortcut blocks; untie the head unless `tied_head`. Returns the final
+    norm's scale for a tied head."""
+    final_gain = fuse_ends(model, spec, tied_head)
+    for i in range(len(model.get_submodule(spec.layers))):
+        fuse_layer(model, spec, i)
+    fuse_head(model, spec, tied_head)
     return final_gain

@@ -146,25 +146,35 @@ def _norm_eps(norm: nn.Module) -> float:
     raise AttributeError(f"cannot find the epsilon of {type(norm).__name__}")
 
 
-def replace_norms(model: nn.Module, arch: dict, full_width: int) -> None:
-    """Swap every norm for RMSN (no weights: the caller has folded or will load them elsewhere)."""
-    paths = [arch["final_norm"]]
-    for i in range(len(model.get_submodule(arch["layers"]))):
-        prefix = f"{arch['layers']}.{i}."
-        paths += [prefix + arch["attn_norm"]] + ([prefix + arch["mlp_norm"]] if arch["mlp_norm"] else [])
-    for path in paths:
-        norm = model.get_submodule(path)
-        if not isinstance(norm, RMSN):
-            model.set_submodule(path, RMSN(full_width, _norm_eps(norm)))
+def _to_rmsn(root: nn.Module, path: str, full_width: int) -> None:
+    norm = root.get_submodule(path)
+    if not isinstance(norm, RMSN):
+        root.set_submodule(path, RMSN(full_width, _norm_eps(norm)))
 
 
-def wrap_layers(model: nn.Module, arch: dict) -> None:
-    """Replace each decoder layer by the shortcut-carrying block of its topology (shortcuts start as identity)."""
+def replace_final_norm(model: nn.Module, arch: dict, full_width: int) -> None:
+    """Swap the final norm for RMSN (its scale folded into the head, or kept by a tied head)."""
+    _to_rmsn(model, arch["final_norm"], full_width)
+
+
+def wrap_layer(model: nn.Module, arch: dict, index: int, full_width: int) -> nn.Module:
+    """Decoder layer `index` as the shortcut-carrying block of its topology, its norms scale-free RMSN (the caller
+    has folded their scales or will load the block's weights); set in the model and returned."""
     layers = model.get_submodule(arch["layers"])
-    block = BLOCKS[arch["topology"]]
-    for i, layer in enumerate(layers):
-        if not isinstance(layer, _Block):
-            layers[i] = block(layer, arch)
+    layer = layers[index]
+    if not isinstance(layer, _Block):
+        for name in (arch["attn_norm"], arch["mlp_norm"]):
+            if name:
+                _to_rmsn(layer, name, full_width)
+        layers[index] = BLOCKS[arch["topology"]](layer, arch)
+    return layers[index]
+
+
+def replace_norms(model: nn.Module, arch: dict, full_width: int) -> None:
+    """Swap every norm for RMSN and wrap every layer in its block (no weights: folded or loaded elsewhere)."""
+    replace_final_norm(model, arch, full_width)
+    for i in range(len(model.get_submodule(arch["layers"]))):
+        wrap_layer(model, arch, i, full_width)
 
 
 def _param(like: torch.Tensor, *shape: int) -> nn.Parameter:
@@ -239,7 +249,6 @@ def apply_structure(model: nn.Module, meta: dict) -> None:
     """Turn a freshly built base model into the shapes of a sliced one (weights left empty)."""
     arch, widths, mid = meta["arch"], meta["widths"], meta["mid"]
     replace_norms(model, arch, model.config.hidden_size)
-    wrap_layers(model, arch)
     structure_ends(model, arch, widths[0], widths[-1], tied=bool(meta.get("tied_head", False)))
     transformers_tying_off(model)
     for i, block in enumerate(model.get_submodule(arch["layers"])):
