@@ -18,17 +18,13 @@ from __future__ import annotations
 
 import json
 import logging
-import uuid
 from dataclasses import dataclass
 
 import fsspec
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as load_bytes
-from safetensors.torch import save as save_bytes
 
 from dynslice.errors import StateError
-from dynslice.hashing import sha256_bytes
+from dynslice.statefolder import StateFolder
 
 log = logging.getLogger(__name__)
 
@@ -48,45 +44,18 @@ class Resume:
     layers: list[dict[str, torch.Tensor]]  # state dict of each finished layer, in order
 
 
-def _cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-
-
-class LoopState:
+class LoopState(StateFolder):
     def __init__(self, uri: str, fingerprint: str, storage_options: dict | None = None):
-        self.fs, self.root = fsspec.core.url_to_fs(str(uri), **(storage_options or {}))
-        self.root = self.root.rstrip("/")
-        self.uri = str(uri)
+        super().__init__(uri, storage_options)
         self.fingerprint = fingerprint
-        self.fs.makedirs(self.root, exist_ok=True)
         self._files: dict[str, str] = {}  # name -> sha256 of what this run wrote or verified
         self._checkpoints: list[dict] = []
 
-    def _path(self, name: str) -> str:
-        return f"{self.root}/{name}"
-
-    def _write(self, name: str, data: bytes) -> None:
-        tmp = self._path(f".{name}.{uuid.uuid4().hex}.tmp")
-        self.fs.pipe_file(tmp, data)
-        self.fs.mv(tmp, self._path(name))
-
     def _put_tensors(self, name: str, tensors: dict[str, torch.Tensor]) -> None:
-        data = save_bytes(_cpu(tensors))
-        self._write(name, data)
-        self._files[name] = sha256_bytes(data)
+        self._files[name] = self.write_tensors(name, tensors)
 
     def _verified(self, name: str, digest: str) -> dict[str, torch.Tensor]:
-        """The tensors of `name` if its bytes hash to `digest`; StateError (naming the file) otherwise."""
-        try:
-            data = self.fs.cat_file(self._path(name))
-        except FileNotFoundError:
-            raise StateError(f"{self._path(name)} is missing") from None
-        if sha256_bytes(data) != digest:
-            raise StateError(f"{self._path(name)} does not match its sha256 in state.json (corrupt or torn)")
-        try:
-            tensors = load_bytes(data)
-        except SafetensorError as exc:
-            raise StateError(f"{self._path(name)} is not a readable safetensors file: {exc}") from None
+        tensors = self.read_tensors(name, digest)
         self._files[name] = digest
         return tensors
 
@@ -103,7 +72,7 @@ class LoopState:
 
     def _state(self) -> dict | None:
         try:
-            raw = self.fs.cat_file(self._path("state.json"))
+            raw = self.fs.cat_file(self.path("state.json"))
         except FileNotFoundError:
             return None
         try:
@@ -112,7 +81,7 @@ class LoopState:
             if state.get("format") != STATE_FORMAT or not isinstance(checkpoints, list):
                 raise ValueError("unknown format")
         except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
-            log.warning("%s is unreadable (%s): starting the loop from the first layer", self._path("state.json"),
+            log.warning("%s is unreadable (%s): starting the loop from the first layer", self.path("state.json"),
                         exc)
             return None
         if state.get("fingerprint") != self.fingerprint:
@@ -170,10 +139,8 @@ class LoopState:
         files = {n: d for n, d in self._files.items() if not n.startswith("carry-") or n in kept}
         state = {"format": STATE_FORMAT, "fingerprint": self.fingerprint, "checkpoints": self._checkpoints,
                  "files": files}
-        self._write("state.json", json.dumps(state, indent=1, sort_keys=True).encode())
-        for path in self.fs.glob(self._path("carry-*.safetensors")):
-            if path.rpartition("/")[2] not in kept:
-                self.fs.rm(path)
+        self.write("state.json", json.dumps(state, indent=1, sort_keys=True).encode())
+        self.remove_except("carry-*.safetensors", kept)
 
 
 def _layer_name(index: int) -> str:

@@ -111,6 +111,42 @@ def test_a_damaged_checkpoint_is_never_resumed_from(tmp_path, damage, caplog):
     assert (tmp_path / "resumed" / "model.safetensors").read_bytes() == expected
 
 
+def test_a_damaged_recovery_checkpoint_is_reported_and_training_starts_over(tmp_path, caplog):
+    from dynslice.config import RecoverConfig
+    from dynslice.recover import recover
+
+    cal = calibration(n=6, t=16)
+    settings = RecoverConfig(enabled=True, steps=4, batch_size=2, warmup_steps=1, checkpoint_every=2, dropout=0.0)
+
+    def sliced():
+        model = tiny_model("llama")
+        dynslice.slice_model(model, cal, dynslice.SlicePlan.from_widths([28, 24, 28, 32]), progress=False)
+        return model
+
+    reference = sliced()
+    recover(reference, cal, settings, progress=False)
+    state, crashed = tmp_path / "state", sliced()
+    calls = [0]
+
+    def crash_on_the_third_step(module, args):
+        calls[0] += 1
+        if calls[0] == 3:
+            raise RuntimeError("killed")
+    handle = crashed.get_input_embeddings().register_forward_pre_hook(crash_on_the_third_step)
+    with pytest.raises(RuntimeError, match="killed"):
+        recover(crashed, cal, settings, state_dir=str(state), progress=False)
+    handle.remove()
+    (checkpoint,) = state.glob("train-*.safetensors")  # after step 2
+    data = bytearray(checkpoint.read_bytes())
+    data[-1] ^= 0x01
+    checkpoint.write_bytes(bytes(data))
+    with caplog.at_level("WARNING", logger="dynslice.trainstate"):
+        stats = recover(crashed, cal, settings, state_dir=str(state), progress=False)
+    assert "unusable" in caplog.text and stats.resumed_from == 0  # reported, then trained from the start
+    for (name, a), (_, b) in zip(reference.state_dict().items(), crashed.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
 # -- blobs, manifests -------------------------------------------------------------------------------------
 
 def test_a_blob_flipped_with_its_mtime_kept_is_caught(tmp_path):

@@ -8,18 +8,22 @@ that change the trained weights (`RecoverConfig.key_params`).
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 from pathlib import Path
 
 from dynslice.config import ModelConfig, RecoverConfig
 from dynslice.data import data_key, resolve_data, tokenizer_fingerprint
 from dynslice.devices import resolve_device
+from dynslice.errors import StateError
 from dynslice.models import resolve_model, tokenizer_of
 from dynslice.pipeline import slice as slice_stage
 from dynslice.pipeline.stage import Output, Stage, run_stage
 from dynslice.recover import recover, training_windows
 from dynslice.sliced.format import save_sliced
 from dynslice.store import ArtifactRef, ArtifactStore
+
+log = logging.getLogger(__name__)
 
 STAGE = Stage("recover", code=(__name__,), outputs=("model/*", "recovery.json"), exclusive=True)
 
@@ -34,8 +38,14 @@ def run(store: ArtifactStore, model: ModelConfig, slice_ref: ArtifactRef, settin
     def compute(key: str) -> Output:
         loaded = resolve_model(slice_stage.model_dir(store, slice_ref), dtype=model.dtype)
         windows = training_windows(settings, tokenizer)
-        stats = recover(loaded.model, windows, settings, state_dir=store.checkpoint_uri(STAGE.name, key),
-                        storage_options=store.options, device=resolve_device(device))
+        run = dict(state_dir=store.checkpoint_uri(STAGE.name, key), storage_options=store.options,
+                   device=resolve_device(device))
+        try:
+            stats = recover(loaded.model, windows, settings, **run)
+        except StateError as exc:  # refused before training: a checkpoint folder of another run
+            log.warning("recover %s: %s; discarding the checkpoint", key[:12], exc)
+            store.drop_checkpoint(STAGE.name, key)
+            stats = recover(loaded.model, windows, settings, **run)
         out = Path(tempfile.mkdtemp(prefix="dynslice-recover-"))
         save_sliced(loaded.model, out / "model", tokenizer=loaded.tokenizer)
         files = {f"model/{p.name}": str(p) for p in sorted((out / "model").iterdir()) if p.is_file()}
