@@ -130,3 +130,14 @@ def model_folder(tmp_path, family: str = "llama"):
     tiny_tokenizer().save_pretrained(folder)
     (tmp_path / "calib.txt").write_text(TEXT)
     return folder, model
+
+
+def logits_of(model: torch.nn.Module, cal: dict) -> torch.Tensor:
+    """The model's logits on a calibration batch, without gradients."""
+    with torch.no_grad():
+        return model(**cal).logits
+
+
+def valid_diff(a: torch.Tensor, b: torch.Tensor, cal: dict) -> float:
+    """Largest absolute difference between two logit tensors over the real (unpadded) tokens."""
+    return (a - b)[cal["attention_mask"].bool()].abs().max().item()

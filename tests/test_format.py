@@ -8,7 +8,7 @@ import torch
 import transformers
 
 import dynslice
-from conftest import FAMILIES, calibration, tiny_model, tiny_tokenizer, uneven_plan
+from conftest import FAMILIES, calibration, logits_of, tiny_model, tiny_tokenizer, uneven_plan
 
 
 @pytest.fixture(scope="module")
@@ -24,17 +24,12 @@ def sliced_dirs(tmp_path_factory):
     return out
 
 
-def _logits(model, cal):
-    with torch.no_grad():
-        return model(**cal).logits
-
-
-def test_load_sliced_gives_identical_logits(sliced_dirs, family):
+def test_load_sliced_gives_identicallogits_of(sliced_dirs, family):
     model, path = sliced_dirs[family]
     cal = calibration(n=3, seed=7, pad=True)
     loaded = dynslice.load_sliced(path, attn_implementation="eager")
     assert loaded.dtype == torch.float64
-    assert torch.equal(_logits(loaded, cal), _logits(model, cal))
+    assert torch.equal(logits_of(loaded, cal), logits_of(model, cal))
 
 
 def test_plain_transformers_loads_it(sliced_dirs, family):
@@ -42,7 +37,7 @@ def test_plain_transformers_loads_it(sliced_dirs, family):
     cal = calibration(n=3, seed=8)
     loaded = transformers.AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True,
                                                                attn_implementation="eager")
-    assert torch.equal(_logits(loaded, cal), _logits(model, cal))
+    assert torch.equal(logits_of(loaded, cal), logits_of(model, cal))
 
 
 def test_generate_with_cache_equals_without(sliced_dirs, family):
@@ -82,7 +77,7 @@ def test_sharded_and_fsspec_round_trip(tmp_path):
     cal = calibration(n=2, seed=3)
     for source in (sharded, uri):
         loaded = dynslice.load_sliced(source, attn_implementation="eager")
-        assert torch.equal(_logits(loaded, cal), _logits(model, cal))
+        assert torch.equal(logits_of(loaded, cal), logits_of(model, cal))
 
 
 def test_load_rejects_a_plain_model(tmp_path):

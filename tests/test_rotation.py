@@ -3,36 +3,27 @@
 import torch
 
 import dynslice
-from conftest import calibration, tiny_model
+from conftest import calibration, logits_of, tiny_model, valid_diff
 from dynslice.architectures import spec_for
 from dynslice.fusion import fuse_norms
 
 
-def _logits(model, cal):
-    with torch.no_grad():
-        return model(**cal).logits
-
-
-def _valid_diff(a, b, cal):
-    return (a - b)[cal["attention_mask"].bool()].abs().max().item()
-
-
-def test_fusion_alone_keeps_logits(family):
+def test_fusion_alone_keepslogits_of(family):
     model, cal = tiny_model(family), calibration(pad=True)
-    before = _logits(model, cal)
+    before = logits_of(model, cal)
     with torch.no_grad():
         fuse_norms(model, spec_for(model))
-    assert _valid_diff(_logits(model, cal), before, cal) < 1e-8
+    assert valid_diff(logits_of(model, cal), before, cal) < 1e-8
 
 
-def test_rotation_without_slicing_keeps_logits(family):
+def test_rotation_without_slicing_keepslogits_of(family):
     model, cal = tiny_model(family), calibration(pad=True)
-    before = _logits(model, cal)
+    before = logits_of(model, cal)
     config = model.config
     full = dynslice.SlicePlan.from_widths([config.hidden_size] * (config.num_hidden_layers + 1))
     dynslice.slice_model(model, cal, full, progress=False)
-    after = _logits(model, cal)
-    assert _valid_diff(after, before, cal) < 1e-8
+    after = logits_of(model, cal)
+    assert valid_diff(after, before, cal) < 1e-8
     # the weights really were rotated: the embedding table is no longer the original one
     assert not torch.allclose(model.get_input_embeddings().weight, tiny_model(family).get_input_embeddings().weight)
 
@@ -40,13 +31,13 @@ def test_rotation_without_slicing_keeps_logits(family):
 def _sliced_error(family, monkeypatch=None, basis=None) -> float:
     """Relative error of the logits after slicing 25% of a tiny model (valid tokens only)."""
     model, cal = tiny_model(family), calibration(n=8, t=24)
-    dense = _logits(model, cal)
+    dense = logits_of(model, cal)
     if basis is not None:
         monkeypatch.setattr("dynslice.slicing.pca_basis", basis)
     config = model.config
     plan = dynslice.SlicePlan.constant(config.num_hidden_layers, config.hidden_size, 0.25, round_to=4)
     dynslice.slice_model(model, cal, plan, progress=False)
-    sliced = _logits(model, cal)
+    sliced = logits_of(model, cal)
     assert torch.isfinite(sliced).all()
     keep = cal["attention_mask"].bool()
     return ((sliced - dense)[keep].norm() / dense[keep].norm()).item()

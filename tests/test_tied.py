@@ -10,21 +10,12 @@ import transformers
 from safetensors import safe_open
 
 import dynslice
-from conftest import CONFIGS, calibration, param_count, tiny_model, tiny_tokenizer, uneven_plan
+from conftest import CONFIGS, calibration, logits_of, param_count, tiny_model, tiny_tokenizer, uneven_plan, valid_diff
 from dynslice.architectures import spec_for
 from dynslice.counts import sliced_parameters
 from dynslice.sliced.modeling_dynslice import SharedEmbedding, TiedHead
 
 TIED = ["llama", "qwen3"]  # conftest builds both with tie_word_embeddings=True (RMSNorm families)
-
-
-def _logits(model, cal):
-    with torch.no_grad():
-        return model(**cal).logits
-
-
-def _valid_diff(a, b, cal):
-    return (a - b)[cal["attention_mask"].bool()].abs().max().item()
 
 
 def _untied(plan):
@@ -43,21 +34,21 @@ def sliced_pair(request):
 
 
 @pytest.mark.parametrize("family", TIED)
-def test_full_width_plan_keeps_the_logits(family):
+def test_full_width_plan_keeps_thelogits_of(family):
     model, cal = tiny_model(family), calibration(pad=True)
-    before = _logits(model, cal)
+    before = logits_of(model, cal)
     config = model.config
     full = dynslice.SlicePlan.from_widths([config.hidden_size] * (config.num_hidden_layers + 1))
     dynslice.slice_model(model, cal, full, progress=False)
     assert model.config.dynslice["tied_head"] is True
-    assert _valid_diff(_logits(model, cal), before, cal) < 1e-10
+    assert valid_diff(logits_of(model, cal), before, cal) < 1e-10
 
 
 def test_tied_equals_untied_with_the_same_widths(sliced_pair):
     _, _, tied, untied = sliced_pair
     cal = calibration(n=4, seed=5, pad=True)
     # both are exact rotations of the same sliced stream (the last layer writes all D columns): float64 rounding
-    assert _valid_diff(_logits(tied, cal), _logits(untied, cal), cal) < 1e-12
+    assert valid_diff(logits_of(tied, cal), logits_of(untied, cal), cal) < 1e-12
 
 
 def test_one_table_serves_head_and_embedding(sliced_pair):
@@ -95,12 +86,12 @@ def test_save_reload_stores_the_table_once(sliced_pair, tmp_path):
     assert sum(torch.Size(s).numel() for s in shapes.values()) == param_count(tied)
 
     cal = calibration(n=3, seed=7, pad=True)
-    expected = _logits(tied, cal)
+    expected = logits_of(tied, cal)
     loaded = dynslice.load_sliced(tmp_path, attn_implementation="eager")
     remote = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, trust_remote_code=True,
                                                                attn_implementation="eager")
     for model in (loaded, remote):
-        assert torch.equal(_logits(model, cal), expected)
+        assert torch.equal(logits_of(model, cal), expected)
         assert param_count(model) == param_count(tied)
         assert model.get_input_embeddings().weight.data_ptr() == model.get_output_embeddings().weight.data_ptr()
 
@@ -196,4 +187,4 @@ def test_low_precision_tied(dtype):
     model = tiny_model("llama", dtype=dtype)
     dynslice.slice_model(model, calibration(), uneven_plan(model.config), progress=False)
     assert {p.dtype for p in model.parameters()} == {dtype}
-    assert torch.isfinite(_logits(model, calibration())).all()
+    assert torch.isfinite(logits_of(model, calibration())).all()
