@@ -28,8 +28,16 @@ test: venv
 test-slow: venv
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -q -m slow
 
+# every benchmark (the quality one takes the longest), then docs/BENCHMARKS.md from their saved results
 bench: venv
+	$(BIN)/dynslice assets fetch
 	$(BIN)/python bench/slice_speed.py
+	$(BIN)/python bench/scaling.py
+	$(BIN)/python bench/inference.py
+	$(BIN)/python bench/quality.py
+	$(BIN)/python bench/pipeline.py
+	$(BIN)/python bench/recover.py --steps 100
+	$(BIN)/python bench/report.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

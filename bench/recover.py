@@ -11,7 +11,6 @@ default (a shared machine; pass --threads to use more). Prints JSON, then a tabl
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
@@ -24,6 +23,7 @@ from dynslice.data import calibration_windows, load_corpus, resolve_data
 from dynslice.evaluation.perplexity import perplexity, token_stream
 from dynslice.models import resolve_model
 from dynslice.recover import recover, training_windows
+from common import emit
 from dynslice.config import RecoverConfig
 
 
@@ -52,6 +52,7 @@ def main() -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--state-dir", default=None, help="checkpoint the recovery here (a killed bench resumes)")
+    p.add_argument("--no-save", action="store_true", help="print only; do not write bench/results/")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -79,7 +80,7 @@ def main() -> int:
     recovered_ppl, recovered_ppl_s = ppl()
 
     result = {
-        "benchmark": "recover", "model": args.model, "sparsity": args.sparsity, "plan": "constant",
+        "model": args.model, "sparsity": args.sparsity, "plan": "constant",
         "device": args.device, "dtype": args.dtype, "threads": torch.get_num_threads(),
         "ppl_data": f"wiki test, seqlen 256, first {args.ppl_windows} windows",
         "dense_ppl": dense_ppl, "sliced_ppl": sliced_ppl, "recovered_ppl": recovered_ppl,
@@ -91,7 +92,6 @@ def main() -> int:
                     "s_per_step": round(stats.wall_s / max(1, stats.steps - stats.resumed_from), 2)},
         "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
     }
-    print(json.dumps(result))
     rows = [("threads / device / dtype", f"{result['threads']} / {args.device} / {args.dtype}"),
             ("dense test ppl", "skipped" if dense_ppl is None else f"{dense_ppl:.2f}"),
             (f"sliced test ppl ({args.sparsity:.0%} constant)", f"{sliced_ppl:.2f}"),
@@ -102,8 +102,7 @@ def main() -> int:
             ("tokens trained on", f"{stats.tokens:,} ({args.steps} x {args.batch_size} x {args.seqlen})"),
             ("recovery wall time", f"{stats.wall_s:.0f} s ({result['recover']['s_per_step']:.2f} s/step)"),
             ("slicing / one perplexity pass", f"{slice_s:.0f} s / {sliced_ppl_s:.0f} s")]
-    width = max(len(r[0]) for r in rows)
-    print("\n".join(f"{name:<{width}}  {value}" for name, value in rows), file=sys.stderr)
+    emit("recover", result, [["what", "value"]] + [list(r) for r in rows], save=not args.no_save)
     return 0
 
 
