@@ -34,6 +34,8 @@ class CalibrationConfig(_Strict):
     seqlen: int = Field(256, ge=2, description="tokens per window")
     seed: int = Field(0, ge=0)
     batch_size: int = Field(8, ge=1)
+    glue: bool = Field(False, description="let windows span document boundaries (one token stream)")
+    pad_short: bool = Field(False, description="keep documents shorter than a window, padded (masked out)")
 
 
 class PlanConfig(_Strict):

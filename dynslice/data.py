@@ -175,9 +175,9 @@ def _slots(length: int, seqlen: int, pad_short: bool, g: torch.Generator) -> lis
 
 def _not_enough(where: str, tokens: int, docs: int, found: int, n: int, seqlen: int, glue: bool) -> DataError:
     fix = ("use fewer or shorter windows (--nsamples/--seqlen, calibration.nsamples/seqlen) or more text" if glue
-           else "use fewer or shorter windows (--nsamples/--seqlen, calibration.nsamples/seqlen) or more text; in "
-                "the library, calibration_windows(glue=True) lets windows span documents and pad_short=True pads "
-                "short ones")
+           else "use fewer or shorter windows (--nsamples/--seqlen, calibration.nsamples/seqlen) or more text; "
+                "--glue (calibration.glue) lets windows span documents and --pad-short (calibration.pad_short) keeps "
+                "short ones, padded")
     return DataError(f"{where} is too short for {n} x {seqlen} tokens: {tokens} tokens in {docs} documents give "
                      f"{found} windows. Fix: {fix}")
 

@@ -105,7 +105,10 @@ def test_too_little_text_names_the_options_that_exist(ws, capsys):
     argv = slice_args("dense")
     argv[argv.index("--nsamples") + 1] = "900"
     line = one_error(capsys, argv)
-    assert "is too short for 900 x 16 tokens" in line and "--nsamples/--seqlen" in line and "--glue" not in line
+    assert "is too short for 900 x 16 tokens" in line and "--nsamples/--seqlen" in line and "--glue" in line
+    argv += ["--glue"]  # an option the message names exists; glued, the text is still too short
+    line = one_error(capsys, argv)
+    assert "is too short for 900 x 16 tokens" in line and "--glue" not in line
 
 
 def test_ls_of_a_missing_store_fails(ws, capsys):

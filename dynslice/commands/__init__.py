@@ -8,7 +8,7 @@ from dynslice.errors import ConfigError
 
 MODEL_FLAGS = {"source": "--model", "revision": "--revision", "dtype": "--dtype"}
 CALIBRATION_FLAGS = {"source": "--calib", "split": "--split", "nsamples": "--nsamples", "seqlen": "--seqlen",
-                     "seed": "--seed", "batch_size": "--batch-size"}
+                     "seed": "--seed", "batch_size": "--batch-size", "glue": "--glue", "pad_short": "--pad-short"}
 
 
 def read_text(path: str, option: str) -> str:

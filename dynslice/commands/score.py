@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     check_positions(model, calib.seqlen)
     loaded = resolve_model(model.source, revision=model.revision, dtype=model.dtype)
     sample = calibration_windows(calib.source, loaded.tokenizer, calib.nsamples, calib.seqlen, split=calib.split,
-                                 seed=calib.seed)
+                                 seed=calib.seed, glue=calib.glue, pad_short=calib.pad_short)
     data_id = f"{calib.source} (windows: n={calib.nsamples}, seqlen={calib.seqlen}, seed={calib.seed})"
     scores = score_layers(loaded.model, sample.as_dict(), metric=args.metric, batch_size=calib.batch_size,
                           device=device, model_id=loaded.identity.key, data_id=data_id)

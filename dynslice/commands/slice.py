@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
         plan = SlicePlan.constant(config.num_hidden_layers, config.hidden_size, args.sparsity, args.round_to)
     check_plan(plan, config)
     sample = calibration_windows(calib.source, loaded.tokenizer, calib.nsamples, calib.seqlen, split=calib.split,
-                                 seed=calib.seed)
+                                 seed=calib.seed, glue=calib.glue, pad_short=calib.pad_short)
     dense = unique_parameters(loaded.model)
     slice_model(loaded.model, sample.as_dict(), plan, batch_size=calib.batch_size, device=device,
                 state_dir=args.state_dir)

@@ -24,10 +24,12 @@ def run(store: ArtifactStore, model: ModelConfig, calibration: CalibrationConfig
     tokenizer = tokenizer_of(model.source, model.revision)
     source = resolve_data(c.source, c.split)
     inputs = {"tokenizer": tokenizer_fingerprint(tokenizer), "data": data_key(source), "split": source.split,
-              "sampling": {"nsamples": c.nsamples, "seqlen": c.seqlen, "seed": c.seed}}
+              "sampling": {"nsamples": c.nsamples, "seqlen": c.seqlen, "seed": c.seed, "glue": c.glue,
+                           "pad_short": c.pad_short}}
 
     def compute(key: str) -> Output:
-        sample = calibration_windows(c.source, tokenizer, c.nsamples, c.seqlen, split=c.split, seed=c.seed)
+        sample = calibration_windows(c.source, tokenizer, c.nsamples, c.seqlen, split=c.split, seed=c.seed,
+                                     glue=c.glue, pad_short=c.pad_short)
         result = {"data": sample.identity.to_dict(), "num_tokens": int(sample.attention_mask.sum()),
                   "nsamples": c.nsamples, "seqlen": c.seqlen}
         return Output(result, {"calibration.safetensors": save_tensors(sample.as_dict())})
