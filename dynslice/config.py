@@ -21,6 +21,7 @@ class _Strict(BaseModel):
 
 
 class ModelConfig(_Strict):
+    """The model to slice."""
     source: str = Field("smollm2-135m", description="hub id, local folder, .gguf file, fsspec URI or demo name")
     revision: str | None = Field(None, description="hub revision (branch, tag or commit)")
     dtype: Dtype = Field("float32", description="weights' dtype while slicing and evaluating (auto: the "
@@ -28,26 +29,32 @@ class ModelConfig(_Strict):
 
 
 class CalibrationConfig(_Strict):
+    """The text the layer scores and the PCA rotations are measured on."""
     source: str = Field("wiki", description="hub dataset name, local file/folder, fsspec URI or demo name")
     split: str | None = Field(None, description="split to sample (default: the source's train split)")
     nsamples: int = Field(32, ge=1, description="calibration windows")
     seqlen: int = Field(256, ge=2, description="tokens per window")
-    seed: int = Field(0, ge=0)
-    batch_size: int = Field(8, ge=1)
+    seed: int = Field(0, ge=0, description="seeds the choice of calibration windows")
+    batch_size: int = Field(8, ge=1, description="windows per forward pass while scoring and slicing")
     glue: bool = Field(False, description="let windows span document boundaries (one token stream)")
     pad_short: bool = Field(False, description="keep documents shorter than a window, padded (masked out)")
 
 
 class PlanConfig(_Strict):
+    """How wide each layer stays: the planner, its target and its limits."""
     planner: Literal["constant", "dynamic", "auto"] = Field(
         "dynamic", description="constant (SliceGPT), dynamic (the paper), auto (best variation on held-out ppl)")
-    metric: Literal["cosine", "angular"] = "cosine"
+    metric: Literal["cosine", "angular"] = Field("cosine", description="layer score: 1 - cos(h_in, h_out) "
+                                                                    "(cosine) or arccos(cos) / pi (angular)")
     target: float = Field(0.25, ge=0.0, lt=1.0, description="mean slicing fraction, or parameters removed")
     variation: float | None = Field(None, ge=0.0, description="the paper's a in [0, target]; default target / 2")
     variations: list[float] | None = Field(None, description="auto: the variations tried (default 5 in [0, t])")
-    budget: Literal["mean", "params"] = "mean"
-    round_to: int = Field(8, ge=1)
-    max_slice: float = Field(0.9, gt=0.0, lt=1.0)
+    budget: Literal["mean", "params"] = Field("mean", description="what target means: the mean slicing "
+                                                                  "fraction (mean) or the fraction of parameters "
+                                                                  "removed (params)")
+    round_to: int = Field(8, ge=1, description="every width is a multiple of this (hardware-friendly shapes)")
+    max_slice: float = Field(0.9, gt=0.0, lt=1.0, description="no layer loses more than this fraction of its "
+                                                              "width")
     untie_head: bool = Field(False, description="give a head tied to the embedding its own matrix (SliceGPT's way) "
                                                 "instead of keeping it tied; costs vocab x hidden parameters. "
                                                 "LayerNorm families (OPT, Phi) always untie")
@@ -167,10 +174,11 @@ class HubConfig(_Strict):
 
 class SelectionConfig(_Strict):
     """Held-out data for picking among plans (never the evaluation's test split)."""
-    source: str = "wiki"
+    source: str = Field("wiki", description="held-out text: hub dataset name, local file/folder, fsspec URI or "
+                                            "demo name")
     split: str | None = Field("validation", description="held-out split (null: a single file)")
-    seqlen: int = Field(256, ge=2)
-    windows: int = Field(16, ge=1)
+    seqlen: int = Field(256, ge=2, description="tokens per held-out window")
+    windows: int = Field(16, ge=1, description="held-out windows each candidate plan is measured on")
 
     @model_validator(mode="after")
     def _held_out(self):
@@ -182,20 +190,48 @@ class SelectionConfig(_Strict):
         return self
 
 
+class TimeoutConfig(_Strict):
+    """How long each stage may run before it fails (seconds; null: no limit). A guard against hung runs: the
+    defaults leave room for a 70B model on one GPU. A stage that times out is not retried."""
+    assets: int | None = Field(1800, ge=1, description="fetching the demo assets a run names")
+    calibration: int | None = Field(3600, ge=1, description="sampling and tokenizing the calibration windows")
+    score: int | None = Field(10800, ge=1, description="the dense pass that scores every layer")
+    plan: int | None = Field(600, ge=1, description="turning scores into widths")
+    slice: int | None = Field(43200, ge=1, description="the layer loop (a killed run resumes from its checkpoint)")
+    recover: int | None = Field(43200, ge=1, description="the LoRA fine-tune after slicing")
+    evaluate: int | None = Field(43200, ge=1, description="one model's perplexity, zero-shot tasks and speed")
+    publish: int | None = Field(7200, ge=1, description="exporting the run's report and model (and a Hub push)")
+
+
+STORE_DEFAULT = "./dynslice-store"
+
+
 class CompressConfig(_Strict):
-    model: ModelConfig = ModelConfig()
-    calibration: CalibrationConfig = CalibrationConfig()
-    plan: PlanConfig = PlanConfig()
-    evaluation: EvaluationConfig = EvaluationConfig()
-    selection: SelectionConfig = SelectionConfig()
-    recover: RecoverConfig = RecoverConfig()
-    hub: HubConfig = HubConfig()
-    store: str = Field("./dynslice-store", description="artifact store: a folder or an fsspec URI (s3://...)")
-    store_block: str | None = Field(None, description="Prefect Secret block whose JSON value holds the store's "
-                                                      "fsspec options (endpoint_url, key, secret, ...)")
+    """One compression run: a model sliced to a plan, evaluated against the dense model, published to a store."""
+    model: ModelConfig = Field(ModelConfig(), description="the model to slice")
+    calibration: CalibrationConfig = Field(CalibrationConfig(), description="calibration text (scores and PCA)")
+    plan: PlanConfig = Field(PlanConfig(), description="the per-layer widths: planner, target, limits")
+    evaluation: EvaluationConfig = Field(EvaluationConfig(), description="dense against sliced: perplexity, "
+                                                                         "zero-shot accuracy, speed")
+    selection: SelectionConfig = Field(SelectionConfig(), description="held-out data for choosing between plans "
+                                                                      "(planner auto, sweeps)")
+    recover: RecoverConfig = Field(RecoverConfig(), description="optional LoRA fine-tune of the sliced model")
+    hub: HubConfig = Field(HubConfig(), description="optional push of the sliced model to the Hugging Face Hub")
+    store: str = Field(STORE_DEFAULT, description="artifact store: a folder or an fsspec URI (s3://...). Left at "
+                                                  "./dynslice-store, a Prefect run uses the team store named by "
+                                                  "the Prefect Variable dynslice-store when it is set")
+    store_block: str | None = Field(None, description="Prefect block holding the store's credentials: "
+                                                      "aws-credentials/<name> or minio-credentials/<name> "
+                                                      "(prefect-aws), or a Secret block (<name> or secret/<name>) "
+                                                      "whose JSON value holds fsspec options. Left null, a Prefect "
+                                                      "run uses the Variable dynslice-store-block when it is set, "
+                                                      "else the worker's environment (AWS_*)")
     device: str = Field("auto", description="auto (cuda if available), cpu, cuda, cuda:1, ...")
     checkpoint_every: int = Field(1, ge=1, description="layers between slicing checkpoints")
-    run_name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    run_name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+                                 description="the folder under runs/ in the store (default: model, planner, "
+                                             "target and slice key)")
+    timeouts: TimeoutConfig = Field(TimeoutConfig(), description="how long each stage may run (seconds)")
 
     @model_validator(mode="after")
     def _recovery_is_not_evaluation(self):
@@ -236,10 +272,14 @@ class CompressConfig(_Strict):
 
 
 class SweepGrid(_Strict):
-    targets: list[float] = Field(default_factory=lambda: [0.2, 0.3])
-    variations: list[float] = Field(default_factory=lambda: [0.0, 0.1])
-    planners: list[Literal["constant", "dynamic"]] = Field(default_factory=lambda: ["constant", "dynamic"])
-    budgets: list[Literal["mean", "params"]] = Field(default_factory=lambda: ["mean"])
+    """The grid: every combination of these is one plan, sliced and measured on the held-out data."""
+    targets: list[float] = Field(default_factory=lambda: [0.2, 0.3], description="plan targets, each in [0, 1)")
+    variations: list[float] = Field(default_factory=lambda: [0.0, 0.1],
+                                    description="the paper's a; each point uses min(variation, target)")
+    planners: list[Literal["constant", "dynamic"]] = Field(default_factory=lambda: ["constant", "dynamic"],
+                                                           description="planners (constant has no variation)")
+    budgets: list[Literal["mean", "params"]] = Field(default_factory=lambda: ["mean"],
+                                                     description="what each target means (see plan.budget)")
 
     @model_validator(mode="after")
     def _non_empty(self):
@@ -255,8 +295,29 @@ class SweepGrid(_Strict):
         return self
 
 
+Runner = Literal["threads", "dask", "deployments"]
+
+
 class SweepConfig(CompressConfig):
-    grid: SweepGrid = SweepGrid()
+    """A grid of plans sharing one calibration and one scoring pass; the best on held-out data is evaluated."""
+    grid: SweepGrid = Field(SweepGrid(), description="the plans to try")
+    runner: Runner = Field("threads", description="where the grid's slicing runs: threads (this process), dask (a "
+                                                  "Dask cluster: local, or the scheduler address), deployments "
+                                                  "(one run of the compress deployment per grid point, on any "
+                                                  "worker of its pool)")
+    workers: int = Field(1, ge=1, description="dask: worker processes of the local cluster, i.e. slicing runs at "
+                                              "a time (threads: 1; deployments: the pool's workers decide)")
+    scheduler: str | None = Field(None, description="dask: address of a running Dask scheduler (tcp://host:8786); "
+                                                    "null starts a local cluster of `workers` processes")
+    deployment: str = Field("compress/on-demand", description="deployments: the compress deployment each "
+                                                              "grid point runs as (flow/deployment)")
+
+    @model_validator(mode="after")
+    def _one_thread(self):
+        if self.runner == "threads" and self.workers > 1:
+            raise ValueError("workers > 1 needs runner: dask (separate processes); models loaded side by side in "
+                             "threads of one process can get each other's uninitialised weights")
+        return self
 
 
 def _dotted(errors) -> str:

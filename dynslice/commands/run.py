@@ -17,7 +17,8 @@ def add_parser(sub) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="override one value, e.g. --set plan.target=0.3 (repeatable)")
     p.add_argument("--store", help="shortcut for --set store=URI")
-    p.add_argument("--workers", type=positive_int, default=1, help="sweep: slicing runs at a time")
+    p.add_argument("--workers", type=positive_int, help="sweep: slicing runs at a time on a local Dask cluster "
+                                                        "(shortcut for --set runner=dask --set workers=N)")
     p.set_defaults(func=run)
 
 
@@ -40,11 +41,18 @@ def preflight(uri: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dynslice.config import CompressConfig, SweepConfig, read_config
+    from dynslice.config import STORE_DEFAULT, CompressConfig, SweepConfig, read_config
+    from dynslice.errors import ConfigError
 
-    overrides = list(args.overrides) + ([f"store={args.store}"] if args.store else [])
+    if args.workers and args.flow != "sweep":
+        raise ConfigError("--workers applies to the sweep only")
+    overrides = list(args.overrides) + ([f"store={args.store}"] if args.store else []) \
+        + (["runner=dask", f"workers={args.workers}"] if args.workers and args.workers > 1 else [])
     config = read_config(args.config, SweepConfig if args.flow == "sweep" else CompressConfig, overrides)
-    if not config.store_block:  # fail in a second, before Prefect starts, when the store cannot be written
+    # fail in a second, before Prefect starts, when the store cannot be written; a default store on a team server
+    # may be the team's (the Prefect Variable dynslice-store), which the flow resolves and checks itself
+    team_default = config.store == STORE_DEFAULT and os.environ.get("PREFECT_API_URL")
+    if not config.store_block and not team_default:
         preflight(config.store)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no calls home from offline machines
     # a fresh temporary server migrates its SQLite database first: ~30 s on 2 busy cores, past Prefect's 20 s
@@ -55,11 +63,9 @@ def run(args: argparse.Namespace) -> int:
         result = compress(config)
         print(f"\nartifacts: {result['run']}\nmodel:     {result['model']}\nreport:    {result['report']}")
     else:
-        from prefect.task_runners import ThreadPoolTaskRunner
-
         from dynslice.flows.sweep import sweep
 
-        result = sweep.with_options(task_runner=ThreadPoolTaskRunner(max_workers=args.workers))(config)
+        result = sweep(config)
         best = result["best"]
         print(f"\nbest: {best['planner']} target {best['target']} variation {best['variation']} "
               f"budget {best['budget']}: held-out ppl {best['perplexity']:.3f}, "
