@@ -342,7 +342,7 @@ class Experiment:
             t = time.perf_counter()
             plan = greedy_removal(measure, config, budget, kinds=kinds, losses=losses, progress=False)
             seconds = time.perf_counter() - t
-            log(f"{method} {budget:g}: {plan.provenance['evaluations']} new measurements, {seconds:.0f} s")
+            log(f"{method} {budget:g}: {plan.provenance['measurements']} new measurements, {seconds:.0f} s")
             return [(method, plan)]
         raise ValueError(method)
 

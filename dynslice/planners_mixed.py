@@ -19,7 +19,7 @@ import copy
 import json
 import logging
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -228,105 +228,151 @@ class MixedPlan:
 Measure = Callable[[frozenset, frozenset], float]
 
 
+class MissingLoss(PlanError):
+    """`removal_plan` needs the loss without `removed | extra`, which `losses` does not hold: measure it."""
+
+    def __init__(self, removed: frozenset, extra: frozenset):
+        super().__init__(f"no measured loss without {sorted(removed | extra)}")
+        self.removed, self.extra = removed, extra
+
+
 def _candidate_units(layer: int, kind: str) -> frozenset[Unit]:
     return frozenset([(layer, ATTENTION), (layer, MLP)] if kind == LAYER else [(layer, kind)])
 
 
-def greedy_removal(measure: Measure, config, target: float, *, kinds: Iterable[str] = CANDIDATE_KINDS,
-                   losses: dict | None = None, progress: bool = True) -> MixedPlan:
-    """Drop units greedily, each step the candidate with the least measured loss increase per useful parameter.
-
-    measure(removed, extra): the held-out loss (e.g. mean token NLL on validation windows) of the dense model
-        without the units `removed | extra` (two frozensets of units; `removed` is the set accepted so far, so
-        an implementation may keep the states it shares, like `HeldOutLoss`). Deterministic.
-    target: fraction of the dense model's parameters to remove (`dense_parameters`), in [0, 1). The plan meets
-        it: it removes at least target * dense parameters, and the last step prefers a candidate no larger
-        than the parameters still needed.
-    kinds: what one step may drop: ATTENTION, MLP (single sublayers) and LAYER (both at once, which can cost
-        less than the two steps apart). kinds=(LAYER,) is greedy whole-layer removal by measured loss.
-    losses: a dict {frozenset(units): loss} read and filled: pass the same dict to plan several targets with
-        one set of measurements (the search for 15% walks through the one for 5%).
-
-    Priority of a candidate c with removed set R and N parameters still needed:
-        (loss(R | c) - loss(R)) / min(params(c), N)
-    Min over candidates; ties go to the lower layer, then ATTENTION, MLP, LAYER. Lazy evaluation (Minoux): a
-    candidate's last measured increase is kept as its priority until it reaches the top, and only then
-    re-measured against the current R; it is accepted if it stays at the top. This assumes increases only
-    grow as more is removed, which held on SmolLM2 (measured in bench/planner_search.py); the first step
-    measures every candidate.
-    """
-    config = as_config(config)
+def _check_target(target) -> float:
     try:
         target = float(target)
     except (TypeError, ValueError) as exc:
         raise PlanError(f"target must be a number, got {target!r}") from exc
     if not (math.isfinite(target) and 0.0 <= target < 1.0):
         raise PlanError(f"target must be in [0, 1), got {target}")
+    return target
+
+
+def _check_kinds(kinds, config) -> tuple[str, ...]:
     kinds = tuple(kinds)
     unknown = [k for k in kinds if k not in CANDIDATE_KINDS]
     if unknown or not kinds:
         raise PlanError(f"kinds must be some of {', '.join(CANDIDATE_KINDS)}, got {list(kinds)}")
     if spec_for_config(config).topology != "sequential" and kinds != (LAYER,):
         raise UnsupportedArchitectureError("single-sublayer removal needs sequential blocks; use kinds=('layer',)")
+    return kinds
+
+
+def removal_plan(losses: Mapping[frozenset, float], config, target: float, *,
+                 kinds: Iterable[str] = CANDIDATE_KINDS) -> MixedPlan:
+    """The greedy removal plan that measured held-out losses imply (pure: losses in, plan out).
+
+    losses: {frozenset(units): held-out loss of the dense model without those units}, e.g. mean token NLL on
+        validation windows; frozenset() is the dense model. Raises `MissingLoss(removed, extra)` when the
+        search needs a loss it does not hold: `greedy_removal` measures it and asks again.
+    target: fraction of the dense model's parameters to remove (`dense_parameters`), in [0, 1); the plan
+        removes at least target * dense parameters.
+    kinds: what one step may drop: ATTENTION, MLP (single sublayers) and LAYER (both at once, which can cost
+        less than the two steps apart). kinds=(LAYER,) is greedy whole-layer removal by measured loss.
+
+    Each step drops the candidate c with the least loss increase per useful parameter, for the removed set R
+    and N parameters still needed:
+        priority(c) = (loss(R | c) - loss(R)) / min(params(c), N)
+    so the last step prefers a candidate no larger than what is still needed. Ties go to the lower layer,
+    then ATTENTION, MLP, LAYER. Lazy evaluation (Minoux): a candidate keeps its last measured increase as its
+    priority until it reaches the top; only then is it measured against the current R, and it is taken if it
+    stays on top. The first step measures every candidate. Exact greedy if increases only grow as more is
+    removed; provenance["decreases"] counts the re-measured increases that shrank instead.
+    """
+    config = as_config(config)
+    target = _check_target(target)
+    kinds = _check_kinds(kinds, config)
     layers = config.num_hidden_layers
     dense = dense_parameters(config)
+    per_kind, per_layer = sublayer_parameters(config), layer_parameters(config)
     goal = math.ceil(target * dense - 1e-9)  # parameters to remove, as an integer
-    losses = {} if losses is None else losses
+
+    def size(units: frozenset) -> int:  # removed_parameters with the tables read once
+        by_layer: dict[int, list[str]] = {}
+        for i, kind in units:
+            by_layer.setdefault(i, []).append(kind)
+        return sum(per_layer[i] if len(k) == 2 else per_kind[i][KINDS.index(k[0])] for i, k in by_layer.items())
 
     def loss_of(removed: frozenset, extra: frozenset) -> float:
         key = removed | extra
         if key not in losses:
-            value = float(measure(removed, extra - removed))
-            if not math.isfinite(value):
-                raise PlanError(f"the measured loss without {sorted(key)} is not finite: {value}")
-            losses[key] = value
-        return losses[key]
+            raise MissingLoss(removed, extra - removed)
+        value = float(losses[key])
+        if not math.isfinite(value):
+            raise PlanError(f"the measured loss without {sorted(key)} is not finite: {value}")
+        return value
 
     order = {k: n for n, k in enumerate(CANDIDATE_KINDS)}
     candidates = [(i, k) for i in range(layers) for k in kinds]
-    stale: dict[tuple[int, str], float] = {c: 0.0 for c in candidates}  # last measured loss increase
+    stale: dict[tuple[int, str], float] = {}  # last measured loss increase of each candidate
     removed: frozenset[Unit] = frozenset()
     path: list[dict[str, Any]] = []
-    evaluations = 0
-    bar = tqdm(total=goal, desc="greedy removal", unit="param", disable=not progress)
-    while removed_parameters(config, removed) < goal:
-        have = removed_parameters(config, removed)
+    decreases = 0
+    while (have := size(removed)) < goal:
         need = goal - have
         current = loss_of(removed, frozenset())
-        fresh: set[tuple[int, str]] = set()
-        live = {}
+        live: dict[tuple[int, str], tuple[frozenset, int]] = {}
         for c in candidates:
             units = _candidate_units(*c) - removed
-            whole = len(units) < len(_candidate_units(*c))
-            if not units or (c[1] == LAYER and whole):  # gone, or a half-removed layer (its sublayer is a candidate)
+            if not units or (c[1] == LAYER and len(units) == 1):  # gone, or half gone (the other half is a candidate)
                 continue
             if len(removed | units) == 2 * layers:
                 continue  # never remove everything
-            live[c] = (units, removed_parameters(config, removed | units) - have)
+            live[c] = (units, size(removed | units) - have)
         if not live:
             raise PlanError(f"a parameter reduction of {target:.4f} is out of reach by removal")
+        fresh: set[tuple[int, str]] = set()
         while True:
-            best = min(live, key=lambda c: (stale[c] / min(live[c][1], need), c[0], order[c[1]]))
+            best = min(live, key=lambda c: (stale.get(c, 0.0) / min(live[c][1], need), c[0], order[c[1]]))
             if best in fresh:
                 break
-            known = (removed | live[best][0]) in losses
-            stale[best] = loss_of(removed, live[best][0]) - current
-            evaluations += 0 if known else 1
+            increase = loss_of(removed, live[best][0]) - current
+            decreases += best in stale and increase < stale[best]
+            stale[best] = increase
             fresh.add(best)
         units, gained = live[best]
         removed = removed | units
-        bar.update(min(gained, goal - have))
-        path.append({"layer": best[0], "kind": best[1], "increase": stale[best], "loss": loss_of(removed, frozenset()),
-                     "removed_parameters": have + gained})
-        log.info("greedy removal: %s of layer %d (+%.4f loss), %.4f of the parameters removed", best[1], best[0],
-                 stale[best], (have + gained) / dense)
-    bar.close()
+        path.append({"layer": best[0], "kind": best[1], "increase": stale[best],
+                     "loss": loss_of(removed, frozenset()), "removed_parameters": have + gained})
     plan = MixedPlan.from_units(removed)
-    after = plan.num_parameters(config)
+    after = dense - size(removed)
     return MixedPlan(plan.removed, plan.removed_attention, plan.removed_mlp, None, {
         "planner": "greedy_removal", "target": target, "kinds": list(kinds), "budget": "params",
-        "path": path, "evaluations": evaluations, "parameters": after, "dense_parameters": dense,
+        "path": path, "decreases": decreases, "parameters": after, "dense_parameters": dense,
         "achieved_param_reduction": 1.0 - after / dense, "loss": loss_of(removed, frozenset())})
+
+
+def greedy_removal(measure: Measure, config, target: float, *, kinds: Iterable[str] = CANDIDATE_KINDS,
+                   losses: dict | None = None, progress: bool = True) -> MixedPlan:
+    """`removal_plan`, measuring each loss it asks for: measure(removed, extra) -> float.
+
+    measure(removed, extra): the held-out loss of the dense model without `removed | extra` (frozensets of
+        units; `removed` is the set the search has accepted, so an implementation may keep the states it
+        shares, like `HeldOutLoss`). Deterministic.
+    losses: a dict {frozenset(units): loss} read and filled: pass the same dict to plan several targets with
+        one set of measurements (the search for 15% walks through the one for 5%).
+    """
+    config = as_config(config)
+    _check_target(target)
+    _check_kinds(kinds, config)
+    losses = {} if losses is None else losses
+    measured = 0
+    bar = tqdm(desc="greedy removal", unit="measurement", disable=not progress)
+    while True:
+        try:
+            plan = removal_plan(losses, config, target, kinds=kinds)
+        except MissingLoss as missing:
+            losses[missing.removed | missing.extra] = float(measure(missing.removed, missing.extra))
+            measured += 1
+            bar.update(1)
+            continue
+        bar.close()
+        log.info("greedy removal to %.4f: %d new measurements, %s", target, measured,
+                 ", ".join(f"{p['kind']} {p['layer']}" for p in plan.provenance["path"]))
+        return MixedPlan(plan.removed, plan.removed_attention, plan.removed_mlp, None,
+                         dict(plan.provenance, measurements=measured))
 
 
 # -- measuring: held-out loss without some units ------------------------------------------------------------
@@ -339,14 +385,14 @@ class HeldOutLoss:
     dtype (30 * 8 * 256 * 576 * 4 B = 141 MB for SmolLM2 on 8 windows of 256). The model is not changed.
     """
 
-    def __init__(self, model: nn.Module, windows, *, batch_size: int = 8, device: str | torch.device | None = None):
-        """windows: LongTensor [N, T] of token ids (e.g. `perplexity.windows_of` on a validation split)."""
+    def __init__(self, model: nn.Module, windows, *, batch_size: int = 8):
+        """windows: LongTensor [N, T] of token ids (e.g. `perplexity.windows_of` on a validation split), or a
+        dict with `input_ids` and `attention_mask`. Computed where the model is."""
         self.spec = spec_for(model)
         if self.spec.topology != "sequential":
             raise UnsupportedArchitectureError("HeldOutLoss skips sublayers of sequential blocks only")
         self.model = model.eval()
-        home = next(model.parameters()).device
-        self.device = torch.device(device) if device is not None else home
+        self.device = next(model.parameters()).device
         calib = as_calibration(windows, vocab_size=model.config.vocab_size)
         with torch.no_grad():
             sig = capture_layer_inputs(model, self.spec, calib, batch_size, self.device, self.device)
@@ -451,7 +497,7 @@ def apply_removal(model: nn.Module, plan: MixedPlan) -> nn.Module:
     return model
 
 
-__all__ = ["ATTENTION", "CANDIDATE_KINDS", "HeldOutLoss", "KINDS", "LAYER", "MLP", "MixedPlan", "Unit",
-           "apply_removal", "greedy_removal", "remaining_config", "removed_parameters", "sublayer_parameters",
-           "tied_sliced_parameters"]
+__all__ = ["ATTENTION", "CANDIDATE_KINDS", "HeldOutLoss", "KINDS", "LAYER", "MLP", "MissingLoss", "MixedPlan",
+           "Unit", "apply_removal", "greedy_removal", "remaining_config", "removal_plan", "removed_parameters",
+           "sublayer_parameters", "tied_sliced_parameters"]
 

@@ -11,9 +11,9 @@ from conftest import CONFIGS, calibration, param_count, tiny_model
 from dynslice.counts import dense_parameters, layer_parameters
 from dynslice.errors import PlanError, UnsupportedArchitectureError
 from dynslice.plan import SlicePlan
-from dynslice.planners_mixed import (ATTENTION, LAYER, MLP, HeldOutLoss, MixedPlan, apply_removal,
-                                     greedy_removal, remaining_config, removed_parameters, sublayer_parameters,
-                                     tied_sliced_parameters)
+from dynslice.planners_mixed import (ATTENTION, LAYER, MLP, HeldOutLoss, MissingLoss, MixedPlan, apply_removal,
+                                     greedy_removal, remaining_config, removal_plan, removed_parameters,
+                                     sublayer_parameters, tied_sliced_parameters)
 
 SEQUENTIAL = ["llama", "mistral", "opt", "qwen2", "qwen3"]
 
@@ -200,6 +200,27 @@ def test_greedy_on_a_tiny_model_plans_what_the_measure_saw():
     reduced = apply_removal(tiny_model("llama"), plan)
     assert _loss(reduced, windows) == pytest.approx(plan.provenance["loss"], rel=1e-10)
     assert param_count(reduced) == plan.num_parameters(model.config)
+
+
+def test_removal_plan_is_a_pure_function_of_the_losses():
+    config = CONFIGS["llama"]()
+    costs = _costs(3, cheap_attention=(1,))
+    measure, _ = _additive(costs)
+    losses = {}
+    with pytest.raises(MissingLoss) as missing:
+        removal_plan(losses, config, 0.05)
+    assert (missing.value.removed, missing.value.extra) == (frozenset(), frozenset())  # the dense loss first
+    planned = greedy_removal(measure, config, 0.05, losses=losses, progress=False)
+    frozen = dict(losses)
+    again = removal_plan(frozen, config, 0.05)  # everything it needs is there: no measurement, same plan
+    assert again == planned and frozen == losses
+    assert again.units() == {(1, ATTENTION)}
+    assert again.provenance["path"][0]["increase"] == pytest.approx(0.01)
+    # the first step needs every candidate: drop one and the planner asks for exactly that one
+    del frozen[frozenset({(2, MLP)})]
+    with pytest.raises(MissingLoss) as missing:
+        removal_plan(frozen, config, 0.05)
+    assert (missing.value.removed, missing.value.extra) == (frozenset(), frozenset({(2, MLP)}))
 
 
 def test_greedy_refuses_bad_input():
