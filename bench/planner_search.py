@@ -16,6 +16,7 @@ Methods (each gives a `MixedPlan`: layers/sublayers removed + an optional SliceP
   oneshot_sublayers the same for sublayers: greedy_removal over the one-shot losses taken as additive
   greedy_layers   whole layers removed greedily by measured validation loss (greedy_removal, kinds=layer)
   greedy_sublayers attention / MLP sublayers or whole layers removed greedily by measured validation loss
+  greedy_sublayers_kl the same, measuring KL(dense || reduced) over the vocabulary instead of the NLL
 
     python bench/planner_search.py [--budgets 0.05 0.10 0.15] [--nsamples 32] [--val-windows 16]
         [--test-windows 64] [--search-windows 8] [--methods ...] [--cache .research-cache]
@@ -57,7 +58,7 @@ from dynslice.scores import score_all_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 METHODS = ("constant", "dynamic", "shortgpt", "depth_width", "spectrum", "oneshot_layers", "oneshot_sublayers",
-           "greedy_layers", "greedy_sublayers")
+           "greedy_layers", "greedy_sublayers", "greedy_sublayers_kl")
 DEFAULT_METHODS = ("constant", "dynamic", "shortgpt", "depth_width", "oneshot_layers", "oneshot_sublayers",
                    "greedy_layers", "greedy_sublayers")
 
@@ -256,13 +257,14 @@ class Experiment:
         log(f"input spectra: {time.perf_counter() - t:.0f} s")
         return values
 
-    def search_losses(self) -> CachedLosses:
-        key = digest([self.model_key, self.data_key["validation"], self.args.search_windows, self.args.seqlen])
+    def search_losses(self, criterion: str = "nll") -> CachedLosses:
+        key = digest([self.model_key, self.data_key["validation"], self.args.search_windows, self.args.seqlen,
+                      criterion])
         return CachedLosses(self.store, f"losses-{key}.json")
 
-    def measure(self):
+    def measure(self, criterion: str = "nll"):
         windows = windows_of(self.ids["validation"], self.args.seqlen, self.args.search_windows)
-        return HeldOutLoss(self.model, windows)
+        return HeldOutLoss(self.model, windows, criterion=criterion)
 
     # evaluation
     def eval_key(self, plan: MixedPlan, split: str) -> str:
@@ -335,9 +337,10 @@ class Experiment:
             kinds = (LAYER,) if method == "oneshot_layers" else ("attention", "mlp", "layer")
             measure = OneShot(self.search_losses(), _Lazy(self.measure))
             return [(method, greedy_removal(measure, config, budget, kinds=kinds, progress=False))]
-        if method in ("greedy_layers", "greedy_sublayers"):
-            losses = self.search_losses()
-            measure = _Lazy(self.measure)
+        if method in ("greedy_layers", "greedy_sublayers", "greedy_sublayers_kl"):
+            criterion = "kl" if method.endswith("_kl") else "nll"
+            losses = self.search_losses(criterion)
+            measure = _Lazy(lambda: self.measure(criterion))
             kinds = (LAYER,) if method == "greedy_layers" else ("attention", "mlp", "layer")
             t = time.perf_counter()
             plan = greedy_removal(measure, config, budget, kinds=kinds, losses=losses, progress=False)

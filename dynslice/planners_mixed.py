@@ -43,6 +43,7 @@ ATTENTION, MLP, LAYER = "attention", "mlp", "layer"
 KINDS = (ATTENTION, MLP)
 CANDIDATE_KINDS = (ATTENTION, MLP, LAYER)  # what greedy_removal may drop in one step
 MIXED_PLAN_FORMAT = 1
+CRITERIA = ("nll", "kl")
 
 Unit = tuple[int, str]  # (dense layer index, ATTENTION | MLP)
 
@@ -377,17 +378,23 @@ def greedy_removal(measure: Measure, config, target: float, *, kinds: Iterable[s
 
 # -- measuring: held-out loss without some units ------------------------------------------------------------
 class HeldOutLoss:
-    """measure(removed, extra) for `greedy_removal`: mean token NLL of a dense model on fixed windows with the
-    units `removed | extra` skipped.
+    """measure(removed, extra) for `greedy_removal`: mean token NLL (or KL to the dense model) on fixed windows
+    of a dense model with the units `removed | extra` skipped.
 
     The states entering every layer are kept for `removed` (the set the search has accepted), so a candidate
     reruns only the layers from its first unit on, plus the head. Memory: L * N * T * D floats of the model's
     dtype (30 * 8 * 256 * 576 * 4 B = 141 MB for SmolLM2 on 8 windows of 256). The model is not changed.
     """
 
-    def __init__(self, model: nn.Module, windows, *, batch_size: int = 8):
+    def __init__(self, model: nn.Module, windows, *, batch_size: int = 8, criterion: str = "nll"):
         """windows: LongTensor [N, T] of token ids (e.g. `perplexity.windows_of` on a validation split), or a
-        dict with `input_ids` and `attention_mask`. Computed where the model is."""
+        dict with `input_ids` and `attention_mask`. Computed where the model is.
+        criterion: "nll" (mean token NLL of the reduced model) or "kl" (mean token KL(dense || reduced)
+        over the vocabulary; 0 for the dense model)."""
+        if criterion not in CRITERIA:
+            raise PlanError(f"criterion must be one of {', '.join(CRITERIA)}, got {criterion!r}")
+        self.criterion = criterion
+        self._reference: list[torch.Tensor] | None = None  # per batch [B, T, D]: dense last states, for "kl"
         self.spec = spec_for(model)
         if self.spec.topology != "sequential":
             raise UnsupportedArchitectureError("HeldOutLoss skips sublayers of sequential blocks only")
@@ -407,6 +414,14 @@ class HeldOutLoss:
         self._base: frozenset | None = None
         self._states: list[list[torch.Tensor]] = []  # [L][batch] input of each layer under self._base
         self._base_loss = math.nan
+        if criterion == "kl":
+            self._rebase(frozenset())  # the dense pass that "kl" compares with
+
+    def _logits(self, h: torch.Tensor) -> torch.Tensor:
+        """[T, D] last states -> [T-1, V] logits of the predicted positions."""
+        logits = self.head(self.final_norm(h))[:-1]
+        # float32 at least: the log-softmax of half-precision logits loses the small probabilities
+        return logits.to(torch.promote_types(logits.dtype, torch.float32))
 
     @torch.no_grad()
     def _run(self, start: int, drop: frozenset, first: list[torch.Tensor], keep: bool) -> float:
@@ -422,15 +437,20 @@ class HeldOutLoss:
                 if (i, MLP) not in drop:
                     x = x + block.feed_forward(block.norm_mlp(x))
                 hs[b] = x
+        if drop == frozenset() and self.criterion == "kl" and self._reference is None:
+            self._reference = [h.clone() for h in hs]  # the dense model's last states: its predictions
         total, count = 0.0, 0
-        for h, ids, mask in zip(hs, self.targets, self.masks):
-            logits = self.head(self.final_norm(h))[:, :-1]  # [B, T-1, V]
-            # float32 at least: the log-softmax of half-precision logits loses the small probabilities
-            logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-            nll = F.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten(), reduction="none")
-            valid = (mask[:, 1:] * mask[:, :-1]).flatten().bool()  # predicted token and its context are real
-            total += float(nll[valid].double().sum())
-            count += int(valid.sum())
+        for b, (h, ids, mask) in enumerate(zip(hs, self.targets, self.masks)):
+            valid = (mask[:, 1:] * mask[:, :-1]).bool()  # [B, T-1]: predicted token and its context are real
+            for row in range(h.shape[0]):  # one window at a time: [T-1, V] logits, not [B, T-1, V]
+                logits = self._logits(h[row])
+                if self.criterion == "nll":
+                    per_token = F.cross_entropy(logits, ids[row, 1:], reduction="none")  # [T-1]
+                else:  # KL(dense || reduced): the label noise of the NLL averaged out over the vocabulary
+                    reference = F.log_softmax(self._logits(self._reference[b][row]), dim=-1)
+                    per_token = (reference.exp() * (reference - F.log_softmax(logits, dim=-1))).sum(-1)
+                total += float(per_token[valid[row]].double().sum())
+                count += int(valid[row].sum())
         return total / count
 
     def _rebase(self, removed: frozenset) -> None:

@@ -111,6 +111,23 @@ def test_held_out_loss_equals_the_reduced_model():
     assert _loss(model, windows) == pytest.approx(dense, rel=1e-12)  # the model was not changed
 
 
+def test_held_out_kl_compares_with_the_dense_model():
+    model = tiny_model("llama")
+    windows = calibration(n=3, t=10)["input_ids"]
+    measure = HeldOutLoss(model, windows, batch_size=2, criterion="kl")
+    assert measure(frozenset()) == 0.0
+    units = frozenset({(1, MLP)})
+    with torch.no_grad():
+        dense = F.log_softmax(model(input_ids=windows).logits[:, :-1].double(), -1)
+        reduced = F.log_softmax(apply_removal(tiny_model("llama"), MixedPlan.from_units(units))(
+            input_ids=windows).logits[:, :-1].double(), -1)
+    expected = float((dense.exp() * (dense - reduced)).sum(-1).mean())
+    assert measure(frozenset(), units) == pytest.approx(expected, rel=1e-10)
+    assert measure(units) == pytest.approx(expected, rel=1e-10)  # the same through the kept states
+    with pytest.raises(PlanError, match="criterion"):
+        HeldOutLoss(model, windows, criterion="mse")
+
+
 # -- the planner ------------------------------------------------------------------------------------------
 def _additive(costs):
     """A measure whose loss is the sum of per-unit costs (a stand-in for a model), counting its calls."""
