@@ -22,7 +22,7 @@ from dynslice.architectures import ArchSpec, spec_for
 from dynslice.calibration import Calibration, as_calibration, check_batch_size
 from dynslice.capture import capture_layer_inputs
 from dynslice.counts import check_plan, unique_parameters
-from dynslice.errors import DynsliceError
+from dynslice.errors import DynsliceError, PlanError
 from dynslice.fingerprints import weights_fingerprint
 from dynslice.fusion import fuse_ends, fuse_head, fuse_layer, shares_table, ties_embeddings, untie_reason
 from dynslice.loopstate import LoopState, Resume
@@ -118,6 +118,9 @@ def slice_model(model: nn.Module, calibration, plan: SlicePlan, *, batch_size: i
         raise DynsliceError("this model is already sliced")
     spec = spec_for(model)
     check_plan(plan, model.config)
+    if plan.removed:
+        raise PlanError("this plan removes whole layers and slices nothing: apply it with "
+                        "dynslice.removal.drop_layers(model, plan.removed) (or `dynslice slice --plan`)")
     tied = _keeps_tied_head(model, spec, plan)
     check_batch_size(batch_size)
     if not isinstance(checkpoint_every, int) or checkpoint_every < 1:

@@ -42,8 +42,10 @@ class CalibrationConfig(_Strict):
 
 class PlanConfig(_Strict):
     """How wide each layer stays: the planner, its target and its limits."""
-    planner: Literal["constant", "dynamic", "auto"] = Field(
-        "dynamic", description="constant (SliceGPT), dynamic (the paper), auto (best variation on held-out ppl)")
+    planner: Literal["constant", "dynamic", "removal", "greedy", "auto"] = Field(
+        "dynamic", description="constant (SliceGPT), dynamic (the paper), removal (ShortGPT: whole layers by "
+                               "score), greedy (whole layers by measured held-out loss), auto (the best "
+                               "candidate on held-out ppl; with budget params removal and greedy compete too)")
     metric: Literal["cosine", "angular"] = Field("cosine", description="layer score: 1 - cos(h_in, h_out) "
                                                                     "(cosine) or arccos(cos) / pi (angular)")
     target: float = Field(0.25, ge=0.0, lt=1.0, description="mean slicing fraction, or parameters removed")
@@ -64,6 +66,11 @@ class PlanConfig(_Strict):
         for a in ([self.variation] if self.variation is not None else []) + list(self.variations or []):
             if not 0.0 <= a <= self.target:
                 raise ValueError(f"variation {a} must be in [0, target={self.target}]")
+        if self.planner in ("removal", "greedy") and self.budget != "params":
+            raise ValueError(f"the {self.planner} planner removes whole layers, which slices nothing: its target "
+                             "is a fraction of the parameters, so set budget: params (--budget params)")
+        if self.planner in ("removal", "greedy") and self.variation is not None:
+            raise ValueError(f"a variation applies to the dynamic planner, not to {self.planner}")
         return self
 
     @property
@@ -197,6 +204,7 @@ class TimeoutConfig(_Strict):
     calibration: int | None = Field(3600, ge=1, description="sampling and tokenizing the calibration windows")
     score: int | None = Field(10800, ge=1, description="the dense pass that scores every layer")
     plan: int | None = Field(600, ge=1, description="turning scores into widths")
+    search: int | None = Field(21600, ge=1, description="the greedy planner's held-out measurements")
     slice: int | None = Field(43200, ge=1, description="the layer loop (a killed run resumes from its checkpoint)")
     recover: int | None = Field(43200, ge=1, description="the LoRA fine-tune after slicing")
     evaluate: int | None = Field(43200, ge=1, description="one model's perplexity, zero-shot tasks and speed")
@@ -276,8 +284,9 @@ class SweepGrid(_Strict):
     targets: list[float] = Field(default_factory=lambda: [0.2, 0.3], description="plan targets, each in [0, 1)")
     variations: list[float] = Field(default_factory=lambda: [0.0, 0.1],
                                     description="the paper's a; each point uses min(variation, target)")
-    planners: list[Literal["constant", "dynamic"]] = Field(default_factory=lambda: ["constant", "dynamic"],
-                                                           description="planners (constant has no variation)")
+    planners: list[Literal["constant", "dynamic", "removal", "greedy"]] = Field(
+        default_factory=lambda: ["constant", "dynamic"],
+        description="planners (constant has no variation; removal and greedy only with the params budget)")
     budgets: list[Literal["mean", "params"]] = Field(default_factory=lambda: ["mean"],
                                                      description="what each target means (see plan.budget)")
 
@@ -292,6 +301,8 @@ class SweepGrid(_Strict):
         for a in self.variations:
             if not 0.0 <= a < 1.0:
                 raise ValueError(f"variation {a} must be in [0, 1) (each point uses min(variation, target))")
+        if "params" not in self.budgets and not set(self.planners) - {"removal", "greedy"}:
+            raise ValueError("removal and greedy remove whole layers: add params to budgets")
         return self
 
 

@@ -43,7 +43,7 @@ def _key(config) -> str:
 
 
 @lru_cache(maxsize=8)
-def _meta_model(config_json: str) -> tuple[transformers.PreTrainedModel, object]:
+def meta_model(config_json: str) -> tuple[transformers.PreTrainedModel, object]:
     """The dense model of a config on the meta device and its ArchSpec; read-only, shared by every count."""
     config = transformers.AutoConfig.for_model(**json.loads(config_json))
     with torch.device("meta"):
@@ -53,7 +53,7 @@ def _meta_model(config_json: str) -> tuple[transformers.PreTrainedModel, object]
 
 @lru_cache(maxsize=16)
 def _dense_table(config_json: str) -> tuple[int, tuple[int, ...]]:
-    model, spec = _meta_model(config_json)
+    model, spec = meta_model(config_json)
     per_layer = tuple(unique_parameters(layer) for layer in model.get_submodule(spec.layers))
     return unique_parameters(model), per_layer
 
@@ -80,6 +80,8 @@ def sliced_parameters(plan: SlicePlan, config) -> int:
     stays tied counted once)."""
     config = as_config(config)
     check_plan(plan, config)
+    if plan.removed:  # whole layers dropped, nothing sliced
+        return dense_parameters(config) - sum(layer_parameters(config)[i] for i in plan.removed)
     table = _sliced_table(_key(config))
     total = table["fixed"] + table["embedding_rows"] * plan.widths[0] + table["head_rows"] * plan.widths[-1]
     if untie_reason(config, spec_for_config(config), plan) is None:
@@ -98,7 +100,7 @@ def sliced_parameters(plan: SlicePlan, config) -> int:
 @lru_cache(maxsize=16)
 def _sliced_table(config_json: str) -> dict:
     """The parts of a sliced model's parameter count that do not depend on the widths."""
-    model, spec = _meta_model(config_json)
+    model, spec = meta_model(config_json)
     biased = reads_norm_with_bias(spec.to_dict())
     counted: set[int] = set()
 

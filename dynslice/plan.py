@@ -5,6 +5,9 @@ widths[L] the width the last layer writes (the head reads it). mid[i] is the wid
 attention and its MLP (sequential blocks only; parallel blocks have none and keep mid == widths[:-1]).
 untie_head: give a head tied to the embedding its own copy (SliceGPT's way) instead of keeping it tied
 (dynslice.fusion.untie_reason); it changes the parameter count, so it belongs to the plan.
+removed: decoder layers dropped whole (ShortGPT-style depth pruning, the `removal` and `greedy` planners). A
+plan that removes layers slices nothing: every width is the hidden size (depth and width together lost to
+either alone at every budget measured, docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -32,10 +35,14 @@ class SlicePlan:
     mid: tuple[int, ...]
     provenance: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
     untie_head: bool = False
+    removed: tuple[int, ...] = ()
 
     def __post_init__(self):
         if not isinstance(self.untie_head, bool):
             raise PlanError(f"untie_head must be true or false, got {self.untie_head!r}")
+        if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in self.removed) or \
+                list(self.removed) != sorted(set(self.removed)):
+            raise PlanError(f"removed must be distinct layer indices in ascending order, got {list(self.removed)}")
         for name, values in (("widths", self.widths), ("mid", self.mid)):
             if not all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in values):
                 raise PlanError(f"{name} must be positive integers, got {list(values)}")
@@ -59,10 +66,18 @@ class SlicePlan:
                    untie_head=untie_head)
 
     @classmethod
-    def from_widths(cls, widths, mid=None, provenance: dict | None = None, untie_head: bool = False) -> "SlicePlan":
+    def from_widths(cls, widths, mid=None, provenance: dict | None = None, untie_head: bool = False,
+                    removed=()) -> "SlicePlan":
         widths = tuple(int(w) if float(w).is_integer() else w for w in widths)
         mid = widths[:-1] if mid is None else tuple(int(w) if float(w).is_integer() else w for w in mid)
-        return cls(widths=widths, mid=mid, provenance=dict(provenance or {}), untie_head=untie_head)
+        removed = tuple(int(i) if float(i).is_integer() else i for i in removed)
+        return cls(widths=widths, mid=mid, provenance=dict(provenance or {}), untie_head=untie_head,
+                   removed=removed)
+
+    @classmethod
+    def removal(cls, num_layers: int, hidden_size: int, removed, provenance: dict | None = None) -> "SlicePlan":
+        """Drop the decoder layers `removed` whole, slice nothing."""
+        return cls.from_widths([hidden_size] * (num_layers + 1), provenance=provenance, removed=sorted(removed))
 
     # -- properties -----------------------------------------------------------------------------
     @property
@@ -84,11 +99,17 @@ class SlicePlan:
             raise PlanError(f"widths {too_wide} exceed the hidden size {hidden_size}")
         if parallel and self.mid != self.widths[:-1]:
             raise PlanError("parallel-block models have no attention-to-MLP width: mid must equal widths[:-1]")
+        if self.removed:
+            if self.removed[-1] >= num_layers or len(self.removed) >= num_layers:
+                raise PlanError(f"removed layers {list(self.removed)} do not leave a layer of the {num_layers}")
+            if any(w != hidden_size for w in self.widths + self.mid):
+                raise PlanError("a plan that removes layers slices nothing: every width must be the hidden size")
 
     # -- JSON -----------------------------------------------------------------------------------
     def to_dict(self) -> dict:
-        return {"format": PLAN_FORMAT, "widths": list(self.widths), "mid": list(self.mid),
-                "untie_head": self.untie_head, "provenance": self.provenance}
+        out = {"format": PLAN_FORMAT, "widths": list(self.widths), "mid": list(self.mid),
+               "untie_head": self.untie_head, "provenance": self.provenance}
+        return {**out, "removed": list(self.removed)} if self.removed else out  # older plans' bytes unchanged
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
@@ -99,7 +120,7 @@ class SlicePlan:
             raise PlanError(f"not a dynslice plan (format {PLAN_FORMAT} with `widths` expected)")
         try:  # plans written before `untie_head` existed keep a tied head tied
             return cls.from_widths(data["widths"], data.get("mid"), data.get("provenance"),
-                                   data.get("untie_head", False))
+                                   data.get("untie_head", False), data.get("removed", ()))
         except (TypeError, ValueError) as exc:
             raise PlanError(f"plan widths must be lists of positive integers: {exc}") from None
 

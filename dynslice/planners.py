@@ -193,7 +193,8 @@ def _finish(plan: SlicePlan, config, provenance: dict[str, Any], scores=None) ->
         info["scores_sha256"] = hashlib.sha256(json.dumps([float(v) for v in values]).encode()).hexdigest()
     log.info("%s plan (budget %s, target %s): mean slicing %.4f, parameters removed %.4f", info["planner"],
              info["budget"], info["target"], info["achieved_mean_slicing"], info["achieved_param_reduction"])
-    return SlicePlan(widths=plan.widths, mid=plan.mid, provenance=info, untie_head=plan.untie_head)
+    return SlicePlan(widths=plan.widths, mid=plan.mid, provenance=info, untie_head=plan.untie_head,
+                     removed=plan.removed)
 
 
 def constant(sparsity: float, config, *, budget: str = "mean", round_to: int = 8,
@@ -269,7 +270,28 @@ def dynamic(scores, target: float, variation: float, *, config=None, budget: str
                                   "effective_target": used, "effective_variation": ratio * used}, scores)
 
 
-PLANNERS = ("constant", "dynamic")
+def removed_layers(removed: Sequence[int], config, provenance: dict[str, Any], scores=None) -> SlicePlan:
+    """The plan dropping the decoder layers `removed` whole (nothing sliced), with its achieved counts."""
+    config = as_config(config)
+    plan = SlicePlan.removal(config.num_hidden_layers, config.hidden_size, removed)
+    return _finish(plan, config, {"budget": "params", **provenance}, scores)
+
+
+def removal(scores, target: float, *, config=None, budget: str = "params") -> SlicePlan:
+    """ShortGPT's layer removal as a planner: the fewest lowest-score layers whose removal takes away at least
+    `target` of the parameters (budget "params" only: removing a layer slices nothing)."""
+    from dynslice.removal import layers_to_remove
+
+    if budget != "params":
+        raise PlanError("layer removal takes away parameters, not slicing: its target is a fraction of the "
+                        "parameters (budget: params)")
+    config = _config_for(scores, config)
+    target = _check_fraction("target", target)
+    return removed_layers(layers_to_remove(scores, config, target=target), config,
+                          {"planner": "removal", "target": target}, scores)
+
+
+PLANNERS = ("constant", "dynamic", "removal")
 
 
 def default_variations(target: float) -> list[float]:
@@ -282,16 +304,20 @@ def make_plan(scores: LayerScores, planner: str, target: float, *, variation: fl
               untie_head: bool = False) -> SlicePlan:
     """The one planner dispatcher (CLI, pipeline, library): a plan from measured scores and the settings.
 
-    planner: constant (SliceGPT) or dynamic (the paper's mapping; `variation` required, in [0, target]).
+    planner: constant (SliceGPT), dynamic (the paper's mapping; `variation` required, in [0, target]) or
+    removal (ShortGPT: whole layers dropped; budget "params"). The `greedy` planner measures the model itself:
+    `dynslice.planners_mixed.greedy_removal`.
     untie_head: give a tied head its own matrix instead of keeping it tied (see `SlicePlan.untie_head`).
     """
     if planner not in PLANNERS:
         raise PlanError(f"unknown planner {planner!r}; use one of {', '.join(PLANNERS)}")
     if not scores.config:
         raise PlanError("the scores hold no model config; measure them with score_layers (or `dynslice score`)")
+    if planner in ("constant", "removal") and variation not in (None, 0.0):
+        raise PlanError("a variation applies to the dynamic planner only")
+    if planner == "removal":
+        return removal(scores, target, budget=budget)
     if planner == "constant":
-        if variation not in (None, 0.0):
-            raise PlanError("a variation applies to the dynamic planner only")
         return constant(target, scores.config, budget=budget, round_to=round_to, untie_head=untie_head)
     if variation is None:
         raise PlanError("the dynamic planner needs a variation (0 <= variation <= target)")

@@ -29,10 +29,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from dynslice.architectures import get_path, set_path, spec_for, spec_for_config
+from dynslice.architectures import spec_for, spec_for_config
 from dynslice.calibration import as_calibration
-from dynslice.compress import capture_layer_inputs, move_to
-from dynslice.counts import as_config, dense_parameters, layer_parameters, meta_model
+from dynslice.capture import capture_layer_inputs, move_to
+from dynslice.counts import as_config, dense_parameters, layer_parameters, check_plan, meta_model, sliced_parameters
 from dynslice.errors import PlanError, UnsupportedArchitectureError
 from dynslice.plan import SlicePlan
 from dynslice.sliced.modeling_dynslice import BLOCKS
@@ -67,10 +67,11 @@ def _sublayer_table(config_json: str) -> tuple[tuple[int, int], ...]:
     model, spec = meta_model(config_json)
     sequential = spec.topology == "sequential"
     out = []
-    for layer in get_path(model, spec.layers):
-        attention = _count(get_path(layer, spec.attn)) + (_count(get_path(layer, spec.attn_norm)) if sequential else 0)
-        mlp = sum(_count(get_path(layer, name)) for name in spec.mlp)
-        mlp += _count(get_path(layer, spec.mlp_norm)) if spec.mlp_norm else 0
+    for layer in model.get_submodule(spec.layers):
+        attention = _count(layer.get_submodule(spec.attn))
+        attention += _count(layer.get_submodule(spec.attn_norm)) if sequential else 0
+        mlp = sum(_count(layer.get_submodule(name)) for name in spec.mlp)
+        mlp += _count(layer.get_submodule(spec.mlp_norm)) if spec.mlp_norm else 0
         out.append((attention, mlp))
     return tuple(out)
 
@@ -103,24 +104,6 @@ def remaining_config(config, removed: Iterable[int]):
             setattr(config, key, [values[i] for i in keep])
     config.num_hidden_layers = len(keep)
     return config
-
-
-def tied_sliced_parameters(plan: SlicePlan, config) -> int:
-    """Exact parameter count of a model sliced with `plan` whose head stays tied to its embedding.
-
-    With a tied head (embedding E [V, D], final norm scale g) the sliced model stores E Q_0 once ([V, D]; its
-    first d_0 columns are the embedding) and the head is (E Q_0) M with M = Q_0^T diag(g) Q_L[:, :d_L]
-    ([D, d_L]): V * D + D * d_L instead of the untied V * d_0 + V * d_L. DESIGN.md "Tied heads" has d_L = D.
-    For an untied config this is `plan.num_parameters(config)`. (Replace by SlicePlan.num_parameters once it
-    counts tied heads itself.)
-    """
-    config = as_config(config)
-    untied = plan.num_parameters(config)
-    if not getattr(config, "tie_word_embeddings", False):
-        return untied
-    vocab, hidden = config.vocab_size, config.hidden_size
-    d_first, d_last = plan.widths[0], plan.widths[-1]
-    return untied - vocab * d_first - vocab * d_last + vocab * hidden + hidden * d_last
 
 
 # -- the plan ---------------------------------------------------------------------------------------------
@@ -177,8 +160,8 @@ class MixedPlan:
                    slicing=slicing, provenance=dict(provenance or {}))
 
     def units(self) -> frozenset[Unit]:
-        return frozenset([(i, k) for i in self.removed for k in KINDS] + [(i, ATTENTION) for i in self.removed_attention]
-                         + [(i, MLP) for i in self.removed_mlp])
+        return frozenset([(i, k) for i in self.removed for k in KINDS]
+                         + [(i, ATTENTION) for i in self.removed_attention] + [(i, MLP) for i in self.removed_mlp])
 
     def check(self, config) -> None:
         """Raise PlanError unless this plan fits `config` (and leaves at least one layer)."""
@@ -190,13 +173,13 @@ class MixedPlan:
         if len(self.removed) >= layers:
             raise PlanError(f"the plan removes all {layers} decoder layers")
         if self.slicing is not None:
-            self.slicing.check(remaining_config(config, self.removed))
+            check_plan(self.slicing, remaining_config(config, self.removed))
 
     def num_parameters(self, config) -> int:
         """Exact parameter count of the model this plan makes (a tied head kept tied, counted once)."""
         self.check(config)
         if self.slicing is not None:
-            return tied_sliced_parameters(self.slicing, remaining_config(config, self.removed))
+            return sliced_parameters(self.slicing, remaining_config(config, self.removed))
         return dense_parameters(config) - removed_parameters(config, self.units())
 
     def to_dict(self) -> dict:
@@ -406,11 +389,11 @@ class HeldOutLoss:
         arch = self.spec.to_dict()
         # the dense layers seen through dynslice's block (norm_attn, attend, norm_mlp, feed_forward), sharing
         # their modules: nothing is copied or changed
-        self.blocks = [BLOCKS["sequential"](layer, arch) for layer in get_path(model, self.spec.layers)]
+        self.blocks = [BLOCKS["sequential"](layer, arch) for layer in model.get_submodule(self.spec.layers)]
         self.inputs, self.kwargs = sig.inputs, sig.kwargs  # per batch [B, T, D], layer keyword arguments
         self.masks = [m.to(self.device) for m in sig.masks]
         self.targets = [ids.to(self.device) for ids, _ in calib.batches(batch_size)]
-        self.final_norm, self.head = get_path(model, self.spec.final_norm), get_path(model, self.spec.head)
+        self.final_norm, self.head = model.get_submodule(self.spec.final_norm), model.get_submodule(self.spec.head)
         self._base: frozenset | None = None
         self._states: list[list[torch.Tensor]] = []  # [L][batch] input of each layer under self._base
         self._base_loss = math.nan
@@ -475,6 +458,27 @@ class HeldOutLoss:
         return self._run(start, self._base | extra, self._states[start], keep=False)
 
 
+def heldout_windows(tokenizer, source: str, split: str | None, seqlen: int, windows: int) -> torch.Tensor:
+    """The first `windows` windows of `seqlen` tokens of a held-out text (the selection data): [N, T]."""
+    from dynslice.data import load_corpus, resolve_data
+    from dynslice.evaluation.perplexity import token_stream, windows_of
+
+    text = load_corpus(resolve_data(source, split)).eval_text
+    return windows_of(token_stream(tokenizer, text), seqlen, windows)
+
+
+def greedy_layer_plan(model: nn.Module, windows, target: float, *, scores=None, progress: bool = True) -> SlicePlan:
+    """The `greedy` planner: whole layers removed one at a time, each time the one whose removal raises the
+    held-out loss least per parameter, until `target` of the parameters is gone. Layers only: a model missing
+    a single sublayer has no saved format yet (the library's greedy_removal can also drop sublayers)."""
+    from dynslice.planners import removed_layers
+
+    mixed = greedy_removal(HeldOutLoss(model.eval(), windows), model.config, target, kinds=(LAYER,),
+                           progress=progress)
+    provenance = {"planner": "greedy", "target": float(target), "search": mixed.provenance}
+    return removed_layers(mixed.removed, model.config, provenance, scores)
+
+
 # -- applying a plan to a model (removal only; slicing is dynslice.slice_model's) ------------------------------
 class _NoAttention(nn.Module):
     """Stands in for a removed attention module: adds nothing to the stream; (output, weights) like the original."""
@@ -502,14 +506,14 @@ def apply_removal(model: nn.Module, plan: MixedPlan) -> nn.Module:
     plan.check(model.config)
     if (plan.removed_attention or plan.removed_mlp) and spec.topology != "sequential":
         raise UnsupportedArchitectureError("single-sublayer removal needs sequential blocks")
-    layers = get_path(model, spec.layers)
+    layers = model.get_submodule(spec.layers)
     for i in plan.removed_attention:
-        set_path(layers[i], spec.attn, _NoAttention())
-        set_path(layers[i], spec.attn_norm, nn.Identity())
+        layers[i].set_submodule(spec.attn, _NoAttention())
+        layers[i].set_submodule(spec.attn_norm, nn.Identity())
     for i in plan.removed_mlp:
         for name in spec.mlp:
-            set_path(layers[i], name, _NoMLP() if name == spec.mlp[0] else nn.Identity())
-        set_path(layers[i], spec.mlp_norm, nn.Identity())
+            layers[i].set_submodule(name, _NoMLP() if name == spec.mlp[0] else nn.Identity())
+        layers[i].set_submodule(spec.mlp_norm, nn.Identity())
     if plan.removed:
         # remove_layers drops the n lowest scores (ties: the later layer first): score 0 marks exactly ours
         marks = [0.0 if i in set(plan.removed) else 1.0 for i in range(len(layers))]
@@ -518,6 +522,5 @@ def apply_removal(model: nn.Module, plan: MixedPlan) -> nn.Module:
 
 
 __all__ = ["ATTENTION", "CANDIDATE_KINDS", "HeldOutLoss", "KINDS", "LAYER", "MLP", "MissingLoss", "MixedPlan",
-           "Unit", "apply_removal", "greedy_removal", "remaining_config", "removal_plan", "removed_parameters",
-           "sublayer_parameters", "tied_sliced_parameters"]
-
+           "Unit", "apply_removal", "greedy_layer_plan", "greedy_removal", "heldout_windows", "remaining_config",
+           "removal_plan", "removed_parameters", "sublayer_parameters"]

@@ -67,6 +67,9 @@ def plot_plan(plan: SlicePlan, hidden_size: int | None = None) -> bytes:
     mean_width = (1.0 - plan.mean_slicing(hidden)) * hidden
     ax.axhline(mean_width, color="tab:gray", linestyle="--", label=f"constant, same mean ({mean_width:.0f})")
     ax.axhline(hidden, color="black", linewidth=0.8)
+    if plan.removed:
+        ax.plot(list(plan.removed), [0] * len(plan.removed), linestyle="none", marker="x", markersize=9,
+                color="tab:red", clip_on=False, label="layer removed")
     ax.set_ylim(0, hidden * 1.05)
     ax.set_xlabel("layer (d_0 = embedding width, d_L = head)")
     ax.set_ylabel("width")

@@ -66,12 +66,19 @@ def remove_layers(model: nn.Module, scores, n: int | None = None, *, target: flo
     scores: `LayerScores` or one score per decoder layer (higher = more important).
     target: fraction of the dense model's unique parameters to remove instead of a layer count.
     """
+    return drop_layers(model, layers_to_remove(scores, model.config, n=n, target=target))
+
+
+def drop_layers(model: nn.Module, removed) -> nn.Module:
+    """Drop the decoder layers `removed` (indices) from `model` in place; returns it (a plan's `removed`)."""
     spec = spec_for(model)
     config = model.config
     if getattr(config, "is_heterogeneous", False):
         raise UnsupportedArchitectureError("layer removal does not support per-layer (heterogeneous) configs")
-    removed = layers_to_remove(scores, config, n=n, target=target)
     layers = model.get_submodule(spec.layers)
+    removed = tuple(sorted(set(removed)))
+    if any(not 0 <= i < len(layers) for i in removed) or len(removed) >= len(layers):
+        raise PlanError(f"cannot remove layers {list(removed)} of a model with {len(layers)} (one must stay)")
     keep = [i for i in range(len(layers)) if i not in set(removed)]
     model.set_submodule(spec.layers, nn.ModuleList([layers[i] for i in keep]))
     for new_index, layer in enumerate(model.get_submodule(spec.layers)):

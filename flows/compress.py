@@ -9,12 +9,12 @@ from prefect import flow, unmapped
 from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from dynslice.config import CompressConfig, EvaluationConfig
+from dynslice.config import CompressConfig, EvaluationConfig, PlanConfig
 from dynslice.errors import DynsliceError
 from dynslice.planners import default_variations
 from dynslice.report import run_name
 from dynslice.tasks.common import team_store
-from dynslice.tasks.stages import plan_name, point_name, timed
+from dynslice.tasks.stages import plan_name, point_name, submit_plan, timed
 
 MAX_ATTEMPTS = "DYNSLICE_MAX_ATTEMPTS"  # starts of one flow run before it stops for good (default 3)
 
@@ -77,22 +77,34 @@ def selection_eval(config: CompressConfig) -> EvaluationConfig:
                             limit=None, speed=False, batch_size=config.evaluation.batch_size)
 
 
+def candidates(plan: PlanConfig) -> list[tuple[str, float | None]]:
+    """What the auto planner tries: the paper's mapping at each variation and, when the target counts
+    parameters, layer removal by score and by measured loss (at equal size, removal can win: docs/BENCHMARKS.md)."""
+    tried: list[tuple[str, float | None]] = [("dynamic", a) for a in plan.variations or
+                                             default_variations(plan.target)]
+    return tried + ([("removal", None), ("greedy", None)] if plan.budget == "params" else [])
+
+
+def _shape(plan_ref: dict) -> tuple:
+    r = plan_ref["result"]
+    return tuple(r["widths"]), tuple(r["mid"]), tuple(r.get("removed", ()))
+
+
 def slice_and_select(config: CompressConfig, store: dict, calibration_ref: dict,
                      plan_refs: list) -> tuple[dict, dict, list]:
     """Slice every plan (fanned out), score each on held-out perplexity, return the best (plan, slice)."""
     c, stage = config, timed(config.timeouts)
     plans = [_value(p) for p in plan_refs]
-    # plans with the same widths give the same sliced model (one slice key): slice each once
-    unique = list({(tuple(p["result"]["widths"]), tuple(p["result"]["mid"])): p for p in plans}.values())
+    # plans with the same widths (and removed layers) give the same model (one slice key): slice each once
+    unique = list({_shape(p): p for p in plans}.values())
     names = [plan_name(p) for p in unique]
     slices = stage.slice.map(unmapped(store), unmapped(c.model), unmapped(calibration_ref), unique,
                              unmapped(c.calibration.batch_size), unmapped(c.device), unmapped(c.checkpoint_every),
                              names)
     checks = stage.evaluate.map(unmapped(store), unmapped(c.model), unmapped(selection_eval(c)), unmapped(c.device),
                                 slices, [f"heldout-{n}" for n in names])
-    by_widths = {(tuple(p["result"]["widths"]), tuple(p["result"]["mid"])): (s.result(), e.result())
-                 for p, s, e in zip(unique, slices, checks)}
-    scored = [(p, *by_widths[(tuple(p["result"]["widths"]), tuple(p["result"]["mid"]))]) for p in plans]
+    by_shape = {_shape(p): (s.result(), e.result()) for p, s, e in zip(unique, slices, checks)}
+    scored = [(p, *by_shape[_shape(p)]) for p in plans]
     best = min(scored, key=lambda item: item[2]["result"]["perplexity"])
     return best[0], best[1], scored
 
@@ -110,18 +122,16 @@ def compress(config: CompressConfig = CompressConfig()) -> dict:
     refuse_endless_restarts()
     store = team_store(c.store, c.store_block)
     stage.check_store(store)  # a missing bucket or denied access fails here, before any compute
-    if names := demo_assets(c, selection=c.plan.planner == "auto"):
+    if names := demo_assets(c, selection=c.plan.planner in ("auto", "greedy")):
         stage.assets(names)  # a fresh worker fetches the demo model and data once into its cache
     calibration_ref = stage.calibration.submit(store, c.model, c.calibration)
     score_ref = stage.score.submit(store, c.model, calibration_ref, c.calibration.batch_size, c.device)
     if c.plan.planner == "auto":
-        variations = c.plan.variations or default_variations(c.plan.target)
-        plan_refs = [stage.plan.submit(store, score_ref, c.plan, a, point_name("dynamic", c.plan.target, a))
-                     for a in variations]
+        plan_refs = [submit_plan(stage, store, score_ref, c.plan, c, planner, a) for planner, a in candidates(c.plan)]
         plan_ref, slice_ref, _ = slice_and_select(c, store, calibration_ref, plan_refs)
     else:
         label = point_name(c.plan.planner, c.plan.target, c.plan.variation, c.plan.budget)
-        plan_ref = stage.plan.submit(store, score_ref, c.plan, name=label)
+        plan_ref = submit_plan(stage, store, score_ref, c.plan, c, c.plan.planner)
         slice_ref = stage.slice.submit(store, c.model, calibration_ref, plan_ref, c.calibration.batch_size, c.device,
                                        c.checkpoint_every, label)
     futures = {"calibration": calibration_ref, "score": score_ref, "plan": plan_ref, "slice": slice_ref}

@@ -20,15 +20,17 @@ from dynslice.flows.compress import (RUN_OPTIONS, demo_assets, model_stem, refus
                                      slice_and_select)
 from dynslice.tasks.common import team_store
 from dynslice.tasks.fanout import start_point, wait_for_points
-from dynslice.tasks.stages import point_name, timed
+from dynslice.tasks.stages import point_name, submit_plan, timed
 
 
 def grid_points(config: SweepConfig) -> list[dict]:
     """Distinct (planner, target, variation, budget) points; constant slicing has no variation."""
     g, points = config.grid, []
     for planner, target, variation, budget in itertools.product(g.planners, g.targets, g.variations, g.budgets):
+        if planner in ("removal", "greedy") and budget != "params":
+            continue  # whole layers removed: the target is a fraction of the parameters
         point = {"planner": planner, "target": target, "budget": budget,
-                 "variation": None if planner == "constant" else min(variation, target)}
+                 "variation": min(variation, target) if planner == "dynamic" else None}
         if point not in points:
             points.append(point)
     return points
@@ -83,7 +85,7 @@ def sweep(config: SweepConfig = SweepConfig()) -> dict:
     score_ref = stage.score.submit(store, c.model, calibration_ref, c.calibration.batch_size, c.device)
     points = grid_points(c)
     plans = [c.plan.model_copy(update={k: v for k, v in p.items() if k != "variation"}) for p in points]
-    plan_refs = [stage.plan.submit(store, score_ref, plan, p["variation"], point_name(**p)).result()
+    plan_refs = [submit_plan(stage, store, score_ref, plan, c, p["planner"], p["variation"]).result()
                  for plan, p in zip(plans, points)]
     if c.runner == "deployments":  # one compress run per point on the team's workers; their slices land in the store
         runs = [start_point.submit(c.deployment, point_config(c, store, p).model_dump(mode="json"),

@@ -14,7 +14,7 @@ from prefect import task
 from prefect.cache_policies import NONE
 
 from dynslice.config import (CalibrationConfig, EvaluationConfig, ModelConfig, PlanConfig, RecoverConfig,
-                             TimeoutConfig)
+                             SelectionConfig, TimeoutConfig)
 from dynslice.pipeline import calibration as calibration_stage
 from dynslice.pipeline import evaluate as evaluate_stage
 from dynslice.pipeline import plan as plan_stage
@@ -70,8 +70,28 @@ def score(store: dict, model: ModelConfig, calibration_ref: dict, batch_size: in
 
 @task(name="plan", task_run_name="plan-{name}", **_OPTIONS)
 def plan(store: dict, score_ref: dict, plan_config: PlanConfig, variation: float | None = None,
-         name: str = "plan") -> dict:
-    return reported(plan_stage.run(open_store(store), ArtifactRef.from_dict(score_ref), plan_config, variation))
+         name: str = "plan", planner: str | None = None) -> dict:
+    return reported(plan_stage.run(open_store(store), ArtifactRef.from_dict(score_ref), plan_config, variation,
+                                   planner=planner))
+
+
+@task(name="search", task_run_name="plan-{name}", **_HEAVY)
+def search(store: dict, score_ref: dict, plan_config: PlanConfig, model: ModelConfig, selection: SelectionConfig,
+           device: str, name: str = "greedy") -> dict:
+    """The greedy planner: whole layers removed one by one by measured held-out loss (runs the model)."""
+    return reported(plan_stage.run(open_store(store), ArtifactRef.from_dict(score_ref), plan_config,
+                                   planner="greedy", model=model, selection=selection, device=device))
+
+
+def submit_plan(stage: SimpleNamespace, store: dict, score_ref, plan_config: PlanConfig, config, planner: str,
+                variation: float | None = None):
+    """One plan of `planner` (a future): the greedy search on the model as a heavy task, the others from the
+    scores. `config` is the run's configuration (its model, held-out selection data and device)."""
+    name = point_name(planner, plan_config.target, variation, plan_config.budget)
+    if planner == "greedy":
+        return stage.search.submit(store, score_ref, plan_config, config.model, config.selection, config.device,
+                                   name)
+    return stage.plan.submit(store, score_ref, plan_config, variation, name, planner)
 
 
 @task(name="slice", task_run_name="slice-{name}", **_HEAVY)
@@ -102,6 +122,7 @@ def timed(timeouts: TimeoutConfig) -> SimpleNamespace:
                            calibration=calibration.with_options(timeout_seconds=timeouts.calibration),
                            score=score.with_options(timeout_seconds=timeouts.score),
                            plan=plan.with_options(timeout_seconds=timeouts.plan),
+                           search=search.with_options(timeout_seconds=timeouts.search),
                            slice=slice_.with_options(timeout_seconds=timeouts.slice),
                            recover=recover.with_options(timeout_seconds=timeouts.recover),
                            evaluate=evaluate.with_options(timeout_seconds=timeouts.evaluate),

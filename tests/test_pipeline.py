@@ -331,3 +331,24 @@ def test_load_a_sweep_of_twenty_points_through_an_s3_store(workspace, monkeypatc
             assert store.lookup(m["stage"], m["key"], stage.outputs if stage else None) is not None, m["stage"]
         assert len({p["slice"] for p in result["points"]}) == len(store.manifests("slice"))
         print(f"\nload test: 20 grid points, {len(manifests)} artifacts, {wall:.0f} s")
+
+
+def test_auto_with_a_parameter_budget_weighs_layer_removal_against_slicing(workspace):
+    ws = workspace
+    (ws / "eval.txt").write_text(TEXT[::-1])
+    (ws / "heldout.txt").write_text(TEXT[100:] + TEXT[:100])
+    cfg = config(ws, selection={"source": str(ws / "heldout.txt"), "split": None, "seqlen": 32, "windows": 4},
+                 plan={"planner": "auto", "target": 0.1, "budget": "params", "variation": None,
+                       "variations": [0.0, 0.1]})
+    result = run_compress(cfg)
+    store = ArtifactStore(ws / "store")
+    plans = {m["result"]["planner"]: m["result"] for m in store.manifests("plan")}
+    assert set(plans) == {"dynamic", "removal", "greedy"} and plans["greedy"]["removed"]
+    assert all(p["achieved_param_reduction"] >= 0.1 for p in plans.values())  # every candidate at the budget
+    held_out = {m["inputs"]["model"]: m["result"]["perplexity"] for m in store.manifests("evaluate")
+                if m["inputs"]["evaluation"]["ppl"] == str(ws / "heldout.txt")}
+    slices = store.manifests("slice")
+    assert len(held_out) == len(slices) >= 2  # each distinct model measured once on the held-out text
+    assert any(m["result"].get("removed") for m in slices)  # a removal candidate was built and measured
+    chosen = f"slice:{result['refs']['slice']['key']}"
+    assert held_out[chosen] == min(held_out.values())

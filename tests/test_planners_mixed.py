@@ -8,12 +8,12 @@ import torch
 import torch.nn.functional as F
 
 from conftest import CONFIGS, calibration, param_count, tiny_model
-from dynslice.counts import dense_parameters, layer_parameters
+from dynslice.counts import dense_parameters, layer_parameters, sliced_parameters
 from dynslice.errors import PlanError, UnsupportedArchitectureError
 from dynslice.plan import SlicePlan
 from dynslice.planners_mixed import (ATTENTION, LAYER, MLP, HeldOutLoss, MissingLoss, MixedPlan, apply_removal,
                                      greedy_removal, remaining_config, removal_plan, removed_parameters,
-                                     sublayer_parameters, tied_sliced_parameters)
+                                     sublayer_parameters)
 
 SEQUENTIAL = ["llama", "mistral", "opt", "qwen2", "qwen3"]
 
@@ -42,7 +42,8 @@ def test_sublayer_parameters_add_up_to_the_layer(family):
 @pytest.mark.parametrize("family", SEQUENTIAL)
 def test_plan_count_equals_the_reduced_model(family):
     model = tiny_model(family)
-    plan = MixedPlan(removed=(1,), removed_attention=(0,), removed_mlp=(2,) if model.config.num_hidden_layers > 2 else ())
+    mlp = (2,) if model.config.num_hidden_layers > 2 else ()
+    plan = MixedPlan(removed=(1,), removed_attention=(0,), removed_mlp=mlp)
     predicted = plan.num_parameters(model.config)
     assert predicted == dense_parameters(model.config) - removed_parameters(model.config, plan.units())
     reduced = apply_removal(model, plan)
@@ -52,22 +53,11 @@ def test_plan_count_equals_the_reduced_model(family):
         assert torch.isfinite(reduced(**calibration()).logits).all()
 
 
-def test_tied_sliced_parameters_keeps_one_vocabulary_matrix():
-    config = CONFIGS["llama"]()  # tied head
-    v, d = config.vocab_size, config.hidden_size
-    plan = SlicePlan.from_widths([24, 24, 16, d])
-    # untied count holds the embedding (V x d_0) and the head (V x D); tied: E Q_0 (V x D) and M (D x D)
-    assert tied_sliced_parameters(plan, config) == plan.num_parameters(config) - v * 24 - v * d + v * d + d * d
-    untied = CONFIGS["qwen2"]()
-    plan2 = SlicePlan.from_widths([24, 16, untied.hidden_size])
-    assert tied_sliced_parameters(plan2, untied) == plan2.num_parameters(untied)
-
-
 def test_mixed_plan_with_slicing_counts_the_remaining_layers():
     config = CONFIGS["llama"]()
     slicing = SlicePlan.from_widths([24, 24, config.hidden_size])  # 3 layers - 1 removed = 2 widths + head
     plan = MixedPlan(removed=(1,), slicing=slicing)
-    assert plan.num_parameters(config) == tied_sliced_parameters(slicing, remaining_config(config, (1,)))
+    assert plan.num_parameters(config) == sliced_parameters(slicing, remaining_config(config, (1,)))
     with pytest.raises(PlanError, match="layers"):
         MixedPlan(removed=(), slicing=slicing).num_parameters(config)
 

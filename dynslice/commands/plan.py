@@ -5,16 +5,24 @@ from __future__ import annotations
 import argparse
 
 from dynslice.commands import options, read_text
-from dynslice.config import PlanConfig
+from dynslice.config import ModelConfig, PlanConfig, SelectionConfig
 
 PLAN_FLAGS = {"planner": "--planner", "target": "--target", "variation": "--variation", "budget": "--budget",
               "round_to": "--round-to", "max_slice": "--max-slice"}
+# the greedy planner measures the model on held-out text
+GREEDY_MODEL_FLAGS = {"source": "--model", "revision": "--revision", "dtype": "--dtype"}
+GREEDY_DATA_FLAGS = {"source": "--heldout", "split": "--heldout-split", "seqlen": "--heldout-seqlen",
+                     "windows": "--heldout-windows"}
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("plan", help="per-layer widths from layer scores and a target")
     p.add_argument("--scores", required=True, help="scores.json written by `dynslice score` (path or fsspec URI)")
     options.add(p, PlanConfig, PLAN_FLAGS)
+    greedy = p.add_argument_group("greedy planner", "the model and held-out text it measures (--planner greedy)")
+    options.add(greedy, ModelConfig, GREEDY_MODEL_FLAGS)
+    options.add(greedy, SelectionConfig, GREEDY_DATA_FLAGS)
+    p.add_argument("--device", default="auto", help="where the greedy planner runs the model (auto, cpu, cuda)")
     p.add_argument("--out", required=True, help="plan.json to write (path or fsspec URI)")
     p.add_argument("--plot", default=None, help="also write the widths as a PNG here")
     p.set_defaults(func=run)
@@ -32,9 +40,12 @@ def run(args: argparse.Namespace) -> int:
     if config.planner == "auto":
         raise ConfigError("--planner auto chooses on held-out perplexity: use `dynslice run compress`")
     scores = LayerScores.from_json(read_text(args.scores, "--scores"))
-    variation = config.effective_variation if config.planner == "dynamic" else config.variation
-    plan = make_plan(scores, config.planner, config.target, variation=variation, budget=config.budget,
-                     round_to=config.round_to, max_slice=config.max_slice)
+    if config.planner == "greedy":
+        plan = _greedy(args, config, scores)
+    else:
+        variation = config.effective_variation if config.planner == "dynamic" else config.variation
+        plan = make_plan(scores, config.planner, config.target, variation=variation, budget=config.budget,
+                         round_to=config.round_to, max_slice=config.max_slice)
     with fsspec.open(args.out, "w", encoding="utf-8") as f:
         f.write(plan.to_json() + "\n")
     if args.plot:
@@ -44,4 +55,21 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {args.out}: mean slicing {p['achieved_mean_slicing']:.4f}, "
           f"parameters removed {p['achieved_param_reduction']:.4f} ({p['parameters']:,} of {p['dense_parameters']:,})")
     print("widths " + " ".join(str(w) for w in plan.widths))
+    if plan.removed:
+        print("layers removed " + " ".join(str(i) for i in plan.removed))
     return 0
+
+
+def _greedy(args: argparse.Namespace, config: PlanConfig, scores):
+    from dynslice.devices import resolve_device
+    from dynslice.errors import ConfigError
+    from dynslice.models import resolve_model
+    from dynslice.planners_mixed import greedy_layer_plan, heldout_windows
+
+    if getattr(args, "model", None) is None:
+        raise ConfigError("--planner greedy measures the model: give --model (and --heldout for the held-out text)")
+    model = options.build(ModelConfig, args, GREEDY_MODEL_FLAGS)
+    heldout = options.build(SelectionConfig, args, GREEDY_DATA_FLAGS)
+    loaded = resolve_model(model.source, revision=model.revision, dtype=model.dtype)
+    windows = heldout_windows(loaded.tokenizer, heldout.source, heldout.split, heldout.seqlen, heldout.windows)
+    return greedy_layer_plan(loaded.model.to(resolve_device(args.device)), windows, config.target, scores=scores)

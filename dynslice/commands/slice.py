@@ -41,12 +41,23 @@ def run(args: argparse.Namespace) -> int:
     if not args.plan:
         plan = SlicePlan.constant(config.num_hidden_layers, config.hidden_size, args.sparsity, args.round_to)
     check_plan(plan, config)
+    dense = unique_parameters(loaded.model)
+    if plan.removed:  # whole layers dropped: a standard transformers model, no calibration needed
+        from dynslice.removal import drop_layers
+        from dynslice.sliced.format import write_model_folder
+
+        drop_layers(loaded.model, plan.removed)
+        write_model_folder(args.out, lambda folder: (loaded.model.save_pretrained(folder),
+                                               loaded.tokenizer.save_pretrained(folder)))
+        return _saved(args.out, unique_parameters(loaded.model), dense)
     sample = calibration_windows(calib.source, loaded.tokenizer, calib.nsamples, calib.seqlen, split=calib.split,
                                  seed=calib.seed, glue=calib.glue, pad_short=calib.pad_short)
-    dense = unique_parameters(loaded.model)
     slice_model(loaded.model, sample.as_dict(), plan, batch_size=calib.batch_size, device=device,
                 state_dir=args.state_dir)
     save_sliced(loaded.model, args.out, loaded.tokenizer)
-    sliced = unique_parameters(loaded.model)
-    print(f"saved {args.out}: {sliced:,} parameters ({1 - sliced / dense:.1%} fewer than {dense:,})")
+    return _saved(args.out, unique_parameters(loaded.model), dense)
+
+
+def _saved(out: str, params: int, dense: int) -> int:
+    print(f"saved {out}: {params:,} parameters ({1 - params / dense:.1%} fewer than {dense:,})")
     return 0

@@ -55,6 +55,12 @@ def _write_local(model: nn.Module, folder: Path, tokenizer, max_shard_size: str)
 
 def save_sliced(model: nn.Module, path: str | os.PathLike, tokenizer=None, *, max_shard_size: str = "5GB") -> str:
     """Write a sliced model to a folder or fsspec URI; returns the path written."""
+    return write_model_folder(path, lambda folder: _write_local(model, folder, tokenizer, max_shard_size))
+
+
+def write_model_folder(path: str | os.PathLike, write) -> str:
+    """Call write(folder) on a fresh local folder, then put what it wrote at `path` (a folder or fsspec URI) all
+    at once locally, config.json last remotely; returns the path written."""
     path = str(path)
     if not is_uri(path):  # built next to the target, then put in its place at once: never half a model there
         target = local_path(path)
@@ -62,16 +68,17 @@ def save_sliced(model: nn.Module, path: str | os.PathLike, tokenizer=None, *, ma
         atomic.recover(target)
         staging = atomic.staging_for(target)
         try:
-            _write_local(model, staging, tokenizer, max_shard_size)
+            staging.mkdir()
+            write(staging)
             atomic.replace_folder(staging, target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return path
     with tempfile.TemporaryDirectory(prefix="dynslice-save-") as tmp:
-        _write_local(model, Path(tmp), tokenizer, max_shard_size)
+        write(Path(tmp))
         fs, root = fsspec.core.url_to_fs(path)
         fs.makedirs(root, exist_ok=True)
-        # config.json last: a reader recognises a sliced model by it, so an interrupted upload is not one
+        # config.json last: a reader recognises a model by it, so an interrupted upload is not one
         for file in sorted(Path(tmp).iterdir(), key=lambda f: (f.name == "config.json", f.name)):
             fs.put_file(str(file), f"{root.rstrip('/')}/{file.name}")
     return path

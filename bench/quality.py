@@ -1,10 +1,12 @@
-"""Planners at equal parameter count (issue 11, item 2): slicing, layer removal, both, and greedy removal.
+"""Quality at equal parameter count: slicing, layer removal, both, and greedy removal, on the demo model.
 
 For each budget (fraction of the dense model's parameters removed) every method builds its best plan that
 removes at least that much, chooses among its own variants on the VALIDATION split, and is reported on the
-TEST split. Parameters are counted with the head kept tied to the embedding (`tied_sliced_parameters`: the
-exact tied-head slicing of issue 11 item 1; its logits equal today's untied sliced model's, so the measured
-perplexities are those of the tied model).
+TEST split (perplexity, and accuracy on the offline `mmlu_exemplars` task). Parameters are counted as the model
+stores them, the head kept tied to the embedding (`dynslice.counts.sliced_parameters`).
+
+The pipeline's planners are among the methods: `constant` and `dynamic` are `plan.planner` constant / dynamic,
+`shortgpt` is `plan.planner: removal` and `greedy_layers` is `plan.planner: greedy`.
 
 Methods (each gives a `MixedPlan`: layers/sublayers removed + an optional SlicePlan of the rest):
   constant        SliceGPT: one width for every layer, the widest that meets the budget
@@ -18,12 +20,12 @@ Methods (each gives a `MixedPlan`: layers/sublayers removed + an optional SliceP
   greedy_sublayers attention / MLP sublayers or whole layers removed greedily by measured validation loss
   greedy_sublayers_kl the same, measuring KL(dense || reduced) over the vocabulary instead of the NLL
 
-    python bench/planner_search.py [--budgets 0.05 0.10 0.15] [--nsamples 32] [--val-windows 16]
-        [--test-windows 64] [--search-windows 8] [--methods ...] [--cache .research-cache]
+    python bench/quality.py [--budgets 0.05 0.10 0.15] [--nsamples 32] [--val-windows 16]
+        [--test-windows 64] [--search-windows 8] [--methods ...] [--cache .research-cache] [--acc-limit N]
 
 Expensive intermediate results (BI scores, spectra, every measured loss of the greedy searches, every
-perplexity) are cached under --cache, keyed by what changes them, so a rerun only computes what is new.
-Prints JSON, then a table; --out writes the JSON.
+perplexity and accuracy) are cached under --cache, keyed by what changes them, so a rerun only computes what is
+new. Prints JSON and a table, and saves bench/results/quality.json for bench/report.py.
 """
 
 from __future__ import annotations
@@ -41,26 +43,29 @@ from pathlib import Path
 
 import torch
 
+from common import emit
 from dynslice import planners
-from dynslice.architectures import get_path, spec_for
+from dynslice.architectures import spec_for
 from dynslice.calibration import as_calibration
-from dynslice.compress import capture_layer_inputs, move_to, slice_model, zero_pads
-from dynslice.counts import dense_parameters
+from dynslice.capture import capture_layer_inputs, move_to, zero_pads
+from dynslice.compress import slice_model
+from dynslice.counts import dense_parameters, sliced_parameters
 from dynslice.data import calibration_windows, load_corpus, resolve_data
 from dynslice.evaluation.perplexity import perplexity, token_stream, windows_of
+from dynslice.evaluation.zeroshot import zero_shot
 from dynslice.models import resolve_model
 from dynslice.pca import Covariance
 from dynslice.plan import SlicePlan
 from dynslice.planners_mixed import (LAYER, HeldOutLoss, MixedPlan, apply_removal, greedy_removal,
-                                     remaining_config, tied_sliced_parameters)
+                                     remaining_config)
 from dynslice.removal import layers_to_remove
-from dynslice.scores import score_all_metrics
+from dynslice.scoring import score_all_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 METHODS = ("constant", "dynamic", "shortgpt", "depth_width", "spectrum", "oneshot_layers", "oneshot_sublayers",
            "greedy_layers", "greedy_sublayers", "greedy_sublayers_kl")
-DEFAULT_METHODS = ("constant", "dynamic", "shortgpt", "depth_width", "oneshot_layers", "oneshot_sublayers",
-                   "greedy_layers", "greedy_sublayers")
+DEFAULT_METHODS = ("constant", "dynamic", "shortgpt", "depth_width", "spectrum", "greedy_layers",
+                   "greedy_sublayers")
 
 
 # -- parameter budgets ------------------------------------------------------------------------------------
@@ -80,7 +85,7 @@ def widest_constant(config, limit: int, round_to: int) -> SlicePlan:
     layers, hidden = config.num_hidden_layers, config.hidden_size
     for width in range(hidden - hidden % round_to, 0, -round_to):
         plan = SlicePlan.from_widths([width] * layers + [hidden])
-        if tied_sliced_parameters(plan, config) <= limit:
+        if sliced_parameters(plan, config) <= limit:
             return plan
     raise ValueError(f"no constant width fits {limit} parameters")
 
@@ -89,12 +94,12 @@ def least_slicing(build, config, limit: int, high: float, steps: int = 40) -> tu
     """Bisection on a plan family's mean slicing t: the least t whose tied count fits `limit`."""
     lo, hi = 0.0, high
     best = build(hi)
-    if tied_sliced_parameters(best, config) > limit:
+    if sliced_parameters(best, config) > limit:
         raise ValueError(f"even t = {high} keeps more than {limit} parameters")
     for _ in range(steps):
         mid = 0.5 * (lo + hi)
         plan = build(mid)
-        if tied_sliced_parameters(plan, config) <= limit:
+        if sliced_parameters(plan, config) <= limit:
             hi, best = mid, plan
         else:
             lo = mid
@@ -118,7 +123,7 @@ def input_spectra(model, calibration, batch_size: int = 8) -> torch.Tensor:
     calib = as_calibration(calibration, vocab_size=model.config.vocab_size)
     cpu = torch.device("cpu")
     sig = capture_layer_inputs(model, spec, calib, batch_size, cpu, cpu)
-    layers = get_path(model, spec.layers)
+    layers = model.get_submodule(spec.layers)
     out = []
     for layer in layers:
         cov = Covariance(model.config.hidden_size, cpu)
@@ -147,7 +152,7 @@ def spectrum_plan(spectra: torch.Tensor, config, limit: int, round_to: int) -> S
     for _ in range(40):
         mid = 0.5 * (lo + hi)
         plan = build(mid)
-        if tied_sliced_parameters(plan, config) <= limit:
+        if sliced_parameters(plan, config) <= limit:
             lo, best = mid, plan
         else:
             hi = mid
@@ -224,7 +229,8 @@ class Experiment:
         self.store = Store(Path(args.cache))
         corpus = {s: load_corpus(resolve_data(args.data, s)) for s in ("validation", "test")}
         self.ids = {s: token_stream(self.tok, c.eval_text) for s, c in corpus.items()}
-        self.data_key = {s: c.source_key for s, c in corpus.items()}
+        # the text itself decides a perplexity: keyed by its content, not by how the data layer names a source
+        self.data_key = {s: "text:" + hashlib.sha256(c.eval_text.encode()).hexdigest() for s, c in corpus.items()}
         self._calib = None
         self.calib_key = {"data": args.data, "n": args.nsamples, "seqlen": args.seqlen, "seed": args.seed}
 
@@ -294,6 +300,18 @@ class Experiment:
                 self.store.put(key, row)
             out[split] = row["ppl"]
         return out
+
+    def accuracy(self, plan: MixedPlan) -> float:
+        """Mean accuracy on the offline MMLU exemplar task (the same items for every plan)."""
+        key = digest([self.eval_key(plan, "test"), "mmlu_exemplars", self.args.acc_limit])
+        row = self.store.get(key)
+        if row is None:
+            t = time.perf_counter()
+            result = zero_shot(self.build(plan), self.tok, ["mmlu_exemplars"], batch_size=8,
+                               limit=self.args.acc_limit or None)
+            row = {"acc": result.mean_acc, "seconds": time.perf_counter() - t}
+            self.store.put(key, row)
+        return row["acc"]
 
     def build(self, plan: MixedPlan):
         model = apply_removal(copy.deepcopy(self.model), plan)
@@ -396,7 +414,7 @@ def run(args) -> dict:
     result = {"benchmark": "planner_search", "model": args.model, "data": args.data,
               "settings": {k: v for k, v in vars(args).items() if k not in ("out",)},
               "dense": {"parameters": ex.dense, "validation_ppl": dense_ppl["validation"],
-                        "test_ppl": dense_ppl["test"]},
+                        "test_ppl": dense_ppl["test"], "test_acc": ex.accuracy(MixedPlan())},
               "budgets": {}}
     for budget in args.budgets:
         per_method = {}
@@ -410,7 +428,8 @@ def run(args) -> dict:
                 log(f"{budget:g} {method} {label}: {row['removed_fraction']:.4f} removed, "
                     f"val {row['validation_ppl']:.2f}")
             best_row, best_plan = min(tried, key=lambda rp: rp[0]["validation_ppl"])
-            best_row = dict(best_row, test_ppl=ex.evaluate(best_plan, ("test",))["test"])
+            best_row = dict(best_row, test_ppl=ex.evaluate(best_plan, ("test",))["test"],
+                            test_acc=ex.accuracy(best_plan))
             per_method[method] = {"chosen": best_row, "candidates": [r for r, _ in tried],
                                   "seconds": time.perf_counter() - t}
             log(f"{budget:g} {method}: {best_row['label']} test {best_row['test_ppl']:.2f}")
@@ -421,27 +440,41 @@ def run(args) -> dict:
     return result
 
 
-def table(result: dict) -> str:
-    head = ("budget", "method", "chosen", "params", "removed", "mean slicing", "val ppl", "test ppl")
-    rows = [head]
+PIPELINE_NAMES = {"shortgpt": "removal (ShortGPT)", "greedy_layers": "greedy (layers)"}
+
+
+def rows_of(result: dict) -> list[list[str]]:
+    """The report's table: one row per budget and method (the dense model first)."""
+    head = ["budget", "method", "chosen on validation", "parameters", "removed", "mean slicing", "val ppl",
+            "test ppl", "test acc"]
     d = result["dense"]
-    rows.append(("-", "dense", "", f"{d['parameters']:,}", "0.00%", "-", f"{d['validation_ppl']:.2f}",
-                 f"{d['test_ppl']:.2f}"))
+    rows = [head, ["-", "dense", "", f"{d['parameters']:,}", "0.00%", "-", f"{d['validation_ppl']:.2f}",
+                   f"{d['test_ppl']:.2f}", f"{d['test_acc']:.3f}"]]
     for budget, methods in result["budgets"].items():
+        best = min(info["chosen"]["test_ppl"] for info in methods.values())
         for method, info in methods.items():
             c = info["chosen"]
             slicing = "-" if c["mean_slicing"] is None else f"{c['mean_slicing']:.3f}"
-            rows.append((budget, method, c["label"], f"{c['parameters']:,}", f"{100 * c['removed_fraction']:.2f}%",
-                         slicing, f"{c['validation_ppl']:.2f}", f"{c['test_ppl']:.2f}"))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    lines = [" | ".join(v.ljust(w) for v, w in zip(r, widths)) for r in rows]
-    lines.insert(1, "-+-".join("-" * w for w in widths))
-    return "\n".join(lines)
+            ppl = f"{c['test_ppl']:.2f}" + (" (best)" if c["test_ppl"] == best else "")
+            rows.append([f"{100 * float(budget):g}%", PIPELINE_NAMES.get(method, method), c["label"],
+                         f"{c['parameters']:,}", f"{100 * c['removed_fraction']:.2f}%", slicing,
+                         f"{c['validation_ppl']:.2f}", ppl, f"{c['test_acc']:.3f}"])
+    return rows
+
+
+def plot_points(result: dict) -> dict:
+    """bench/report.py's plot: test perplexity against the fraction removed, one line per method."""
+    methods: dict[str, list] = {}
+    for per in result["budgets"].values():
+        for method, info in per.items():
+            c = info["chosen"]
+            methods.setdefault(PIPELINE_NAMES.get(method, method), []).append([c["removed_fraction"], c["test_ppl"]])
+    return {"methods": methods, "dense": result["dense"]["test_ppl"]}
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default=str(Path.home() / ".cache/dynslice/models/smollm2-135m-instruct"))
+    p.add_argument("--model", default="smollm2-135m", help="model source (default: the demo model)")
     p.add_argument("--data", default="wiki")
     p.add_argument("--budgets", type=float, nargs="+", default=[0.05, 0.10, 0.15])
     p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=METHODS)
@@ -459,14 +492,16 @@ def main() -> int:
     p.add_argument("--round-to", type=int, default=1, help="slicing widths are multiples of this")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--cache", default=str(ROOT / ".research-cache"))
+    p.add_argument("--acc-limit", type=int, default=100,
+                   help="MMLU exemplar items each model answers (the same items for all; 0: all 282)")
     p.add_argument("--out", default=None, help="write the JSON here too")
+    p.add_argument("--no-save", action="store_true", help="do not save bench/results/quality.json")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     result = run(args)
+    result["plot"] = plot_points(result)
     text = json.dumps(result, indent=2)
-    print(text)
-    print()
-    print(table(result))
+    emit("quality", {k: v for k, v in result.items() if k != "benchmark"}, rows_of(result), save=not args.no_save)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text + "\n")
