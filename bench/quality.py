@@ -462,6 +462,21 @@ def rows_of(result: dict) -> list[list[str]]:
     return rows
 
 
+def notes_of(result: dict) -> list[str]:
+    """What the table says, per budget (computed from it), and how to read it."""
+    out = []
+    for budget, methods in result["budgets"].items():
+        ranked = sorted(methods.items(), key=lambda kv: kv[1]["chosen"]["test_ppl"])
+        out.append(f"At {100 * float(budget):g}% removed, test perplexity from best to worst: " + ", ".join(
+            f"{PIPELINE_NAMES.get(m, m)} {info['chosen']['test_ppl']:.2f}" for m, info in ranked) + ".")
+    out.append("Removing whole layers cannot hit a budget exactly (one SmolLM2 layer is 2.6% of the parameters), "
+               "so the removal methods remove at least as much as the slicing methods, never less: the "
+               "`parameters` column is exact. Accuracy is the offline MMLU exemplar task (the same "
+               f"{result['settings'].get('acc_limit') or 282} items for every model); for a 135M model it stays "
+               "near chance (25%) and does not separate the methods; perplexity does.")
+    return out
+
+
 def plot_points(result: dict) -> dict:
     """bench/report.py's plot: test perplexity against the fraction removed, one line per method."""
     methods: dict[str, list] = {}
@@ -499,7 +514,7 @@ def main() -> int:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     result = run(args)
-    result["plot"] = plot_points(result)
+    result["plot"], result["notes"] = plot_points(result), notes_of(result)
     text = json.dumps(result, indent=2)
     emit("quality", {k: v for k, v in result.items() if k != "benchmark"}, rows_of(result), save=not args.no_save)
     if args.out:

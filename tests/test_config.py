@@ -8,7 +8,7 @@ from dynslice.config import CompressConfig, ConfigError, SweepConfig, load_confi
 @pytest.mark.parametrize("data,field", [
     ({"plan": {"target": 1.0}}, "plan.target"),
     ({"plan": {"target": 0.2, "variation": 0.3}}, "plan"),
-    ({"plan": {"planner": "greedy"}}, "plan.planner"),
+    ({"plan": {"planner": "magic"}}, "plan.planner"),
     ({"calibration": {"nsamples": 0}}, "calibration.nsamples"),
     ({"modle": {"source": "x"}}, "modle"),
     ({"model": {"dtype": "int8"}}, "model.dtype"),
