@@ -131,7 +131,7 @@ def compress(config: CompressConfig = CompressConfig()) -> dict:
         plan_ref, slice_ref, _ = slice_and_select(c, store, calibration_ref, plan_refs)
     else:
         label = point_name(c.plan.planner, c.plan.target, c.plan.variation, c.plan.budget)
-        plan_ref = submit_plan(stage, store, score_ref, c.plan, c, c.plan.planner)
+        plan_ref = submit_plan(stage, store, score_ref, c.plan, c, c.plan.planner, c.plan.variation)
         slice_ref = stage.slice.submit(store, c.model, calibration_ref, plan_ref, c.calibration.batch_size, c.device,
                                        c.checkpoint_every, label)
     futures = {"calibration": calibration_ref, "score": score_ref, "plan": plan_ref, "slice": slice_ref}

@@ -141,3 +141,13 @@ def logits_of(model: torch.nn.Module, cal: dict) -> torch.Tensor:
 def valid_diff(a: torch.Tensor, b: torch.Tensor, cal: dict) -> float:
     """Largest absolute difference between two logit tensors over the real (unpadded) tokens."""
     return (a - b)[cal["attention_mask"].bool()].abs().max().item()
+
+
+def forget_prefect_services() -> None:
+    """Stop Prefect's process-wide client services (tag concurrency slots): each keeps the API address it started
+    with, so after a test's server is gone the next server's runs would still call the old address."""
+    from prefect.concurrency.services import (ConcurrencySlotAcquisitionService,
+                                              ConcurrencySlotAcquisitionWithLeaseService)
+
+    for service in (ConcurrencySlotAcquisitionService, ConcurrencySlotAcquisitionWithLeaseService):
+        service.drain_all(timeout=10, at_exit=False)

@@ -29,7 +29,7 @@ import torch
 import transformers
 import yaml
 
-from conftest import TEXT, model_folder, tiny_tokenizer
+from conftest import TEXT, forget_prefect_services, model_folder, tiny_tokenizer
 from s3server import s3_server
 
 REPO = Path(__file__).resolve().parents[1]
@@ -289,6 +289,7 @@ def stack(tmp_path_factory):
         yield s
     finally:
         s.close()
+        forget_prefect_services()
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import torch
 import transformers
 import yaml
 
-from conftest import TEXT, model_folder, tiny_tokenizer
+from conftest import TEXT, forget_prefect_services, model_folder, tiny_tokenizer
 from s3server import s3_server
 from dynslice.config import load_config
 from dynslice.loopstate import LoopState
@@ -30,8 +30,10 @@ def prefect_server():
     from prefect.testing.utilities import prefect_test_harness
 
     os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    forget_prefect_services()  # another module's server may be gone: its address must not linger
     with prefect_test_harness(server_startup_timeout=120):
         yield
+    forget_prefect_services()
 
 
 @pytest.fixture
