@@ -433,6 +433,11 @@ def run(args) -> dict:
             per_method[method] = {"chosen": best_row, "candidates": [r for r, _ in tried],
                                   "seconds": time.perf_counter() - t}
             log(f"{budget:g} {method}: {best_row['label']} test {best_row['test_ppl']:.2f}")
+        pipeline = [m for m in ("dynamic", "shortgpt", "greedy_layers") if m in per_method]
+        if len(pipeline) == 3:  # what `planner: auto, budget: params` delivers: its candidates' best on validation
+            best = min(pipeline, key=lambda m: per_method[m]["chosen"]["validation_ppl"])
+            chosen = dict(per_method[best]["chosen"], label=f"{PIPELINE_NAMES.get(best, best)} (on validation)")
+            per_method["auto"] = {"chosen": chosen, "candidates": [], "seconds": 0.0}
         result["budgets"][f"{budget:g}"] = per_method
     result["wall_seconds"] = time.perf_counter() - start
     result["platform"] = {"python": platform.python_version(), "torch": torch.__version__,
@@ -440,7 +445,8 @@ def run(args) -> dict:
     return result
 
 
-PIPELINE_NAMES = {"shortgpt": "removal (ShortGPT)", "greedy_layers": "greedy (layers)"}
+PIPELINE_NAMES = {"shortgpt": "removal (ShortGPT)", "greedy_layers": "greedy (layers)",
+                  "greedy_sublayers": "greedy sublayers (library only)", "auto": "auto, budget params (pipeline)"}
 
 
 def rows_of(result: dict) -> list[list[str]]:
@@ -482,6 +488,8 @@ def plot_points(result: dict) -> dict:
     methods: dict[str, list] = {}
     for per in result["budgets"].values():
         for method, info in per.items():
+            if method == "auto":
+                continue  # one of the pipeline's lines, chosen on validation: already drawn
             c = info["chosen"]
             methods.setdefault(PIPELINE_NAMES.get(method, method), []).append([c["removed_fraction"], c["test_ppl"]])
     return {"methods": methods, "dense": result["dense"]["test_ppl"]}
