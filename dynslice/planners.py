@@ -103,7 +103,8 @@ def round_widths(widths: Sequence[float], hidden_size: int, round_to: int, min_w
 
 
 # -- checks at the boundary -------------------------------------------------------------------------------
-def _check_fraction(name: str, value: float) -> float:
+def check_fraction(name: str, value: float) -> float:
+    """`value` as a float in [0, 1), or a PlanError naming it."""
     try:
         value = float(value)
     except (TypeError, ValueError) as exc:
@@ -207,7 +208,7 @@ def constant(sparsity: float, config, *, budget: str = "mean", round_to: int = 8
     untie_head: give a tied head its own matrix (the plan's `untie_head`; it changes the parameter count).
     """
     config = as_config(config)
-    target = _check_fraction("sparsity", sparsity)
+    target = check_fraction("sparsity", sparsity)
     layers, hidden = config.num_hidden_layers, config.hidden_size
     _check_budget(budget)
     _check_round_to(round_to, hidden)
@@ -240,7 +241,7 @@ def dynamic(scores, target: float, variation: float, *, config=None, budget: str
     """
     config = _config_for(scores, config)
     values = _scores_of(scores, config.num_hidden_layers)
-    target = _check_fraction("target", target)
+    target = check_fraction("target", target)
     try:
         variation = float(variation)
     except (TypeError, ValueError) as exc:
@@ -286,7 +287,7 @@ def removal(scores, target: float, *, config=None, budget: str = "params") -> Sl
         raise PlanError("layer removal takes away parameters, not slicing: its target is a fraction of the "
                         "parameters (budget: params)")
     config = _config_for(scores, config)
-    target = _check_fraction("target", target)
+    target = check_fraction("target", target)
     return removed_layers(layers_to_remove(scores, config, target=target), config,
                           {"planner": "removal", "target": target}, scores)
 

@@ -35,6 +35,7 @@ from dynslice.capture import capture_layer_inputs, move_to
 from dynslice.counts import as_config, dense_parameters, layer_parameters, check_plan, meta_model, sliced_parameters
 from dynslice.errors import PlanError, UnsupportedArchitectureError
 from dynslice.plan import SlicePlan
+from dynslice.planners import check_fraction
 from dynslice.sliced.modeling_dynslice import BLOCKS
 
 log = logging.getLogger(__name__)
@@ -225,13 +226,7 @@ def _candidate_units(layer: int, kind: str) -> frozenset[Unit]:
 
 
 def _check_target(target) -> float:
-    try:
-        target = float(target)
-    except (TypeError, ValueError) as exc:
-        raise PlanError(f"target must be a number, got {target!r}") from exc
-    if not (math.isfinite(target) and 0.0 <= target < 1.0):
-        raise PlanError(f"target must be in [0, 1), got {target}")
-    return target
+    return check_fraction("target", target)
 
 
 def _check_kinds(kinds, config) -> tuple[str, ...]:
