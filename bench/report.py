@@ -17,8 +17,13 @@ SECTIONS = [
      "python bench/quality.py",
      "SmolLM2-135M-Instruct (the demo model), the Wikipedia sample: calibration from its train split, every "
      "method's own choices (variation, layers, widths) made on the validation split, perplexity and accuracy "
-     "reported on the test split. Every method removes the same share of parameters (the tied head counted once, "
-     "as the dense model stores it); the table gives the exact counts. A method that loses is shown losing."),
+     "reported on the test split. Every method removes at least the budget's share of parameters (the tied head "
+     "counted once, as the dense model stores it; whole layers cannot hit a budget exactly, so removal removes a "
+     "little more); the table gives the exact counts. A method that loses is shown losing. `removal`, `greedy` and "
+     "`auto` are the pipeline's planners (the benchmark's greedy searches on the first 8 validation windows, the "
+     "pipeline's on all `selection.windows`); greedy sublayer removal exists in the library only (the saved "
+     "format cannot yet hold a layer without one of its sublayers). No GPU was lent to this project's sessions "
+     "so far: every figure is from a CPU."),
     ("slice_speed", "Slicing speed",
      "python bench/slice_speed.py",
      "`slice_model` against one dense forward pass over the same calibration set, side by side in one process, "

@@ -147,6 +147,9 @@ def compress(config: CompressConfig = CompressConfig()) -> dict:
     run = c.run_name or run_name(c.model.source, refs["plan"]["result"]["planner"], c.plan.target,
                                  refs["slice"]["key"])
     published = stage.publish.submit(store, run, c.model_dump(), refs).result()
+    if c.hub.repo_id and refs["plan"]["result"].get("removed"):
+        raise DynsliceError(f"the chosen plan removes whole layers: pushing such a model to the Hub is not supported "
+                            f"yet (its model card reads the sliced-model entry); the run is in the store as {run}")
     if c.hub.repo_id:
         published["hub"] = stage.push_to_hub.submit(published["run"], c.hub).result()
     print(f"run {run}: report {published['report']}\n\n{published['table']}")
