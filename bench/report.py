@@ -103,7 +103,8 @@ def main() -> int:
         if result is None:
             lines += [f"Not measured yet: run `{command}`.", ""]
             continue
-        lines += [f"Command: `{command}`. {_machine_line(result)}", ""]
+        ran = command + (" --quick" if result.get("quick") else "")  # as measured (--quick: a smaller evaluation)
+        lines += [f"Command: `{ran}`. {_machine_line(result)}", ""]
         lines += [_markdown_table(result["table"]), ""]
         for note in result.get("notes", []):
             lines += [note, ""]
