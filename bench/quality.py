@@ -147,16 +147,8 @@ def spectrum_plan(spectra: torch.Tensor, config, limit: int, round_to: int) -> S
             widths.append(min(hidden, max(round_to, math.ceil(d / round_to) * round_to)))
         return SlicePlan.from_widths(widths + [hidden])
 
-    lo, hi = 0.0, 1.0  # a larger f gives a wider plan
-    best = build(lo)
-    for _ in range(40):
-        mid = 0.5 * (lo + hi)
-        plan = build(mid)
-        if sliced_parameters(plan, config) <= limit:
-            lo, best = mid, plan
-        else:
-            hi = mid
-    return best
+    # f = 1 - t: the least t that fits is the largest share of variance that does
+    return least_slicing(lambda t: build(1.0 - t), config, limit, 1.0)[0]
 
 
 # -- caching ------------------------------------------------------------------------------------------------

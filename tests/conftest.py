@@ -151,3 +151,15 @@ def forget_prefect_services() -> None:
 
     for service in (ConcurrencySlotAcquisitionService, ConcurrencySlotAcquisitionWithLeaseService):
         service.drain_all(timeout=10, at_exit=False)
+
+
+def twelve_layer_folder(root) -> None:
+    """A 12-layer tiny Llama saved with its tokenizer under root/dense, with calib.txt and eval.txt beside it:
+    enough layers for a run to be killed part-way through slicing."""
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=12,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(root / "dense")
+    tiny_tokenizer().save_pretrained(root / "dense")
+    (root / "calib.txt").write_text(TEXT)
+    (root / "eval.txt").write_text(TEXT[::-1])

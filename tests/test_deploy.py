@@ -25,11 +25,9 @@ from uuid import UUID
 
 import pydantic
 import pytest
-import torch
-import transformers
 import yaml
 
-from conftest import TEXT, forget_prefect_services, model_folder, tiny_tokenizer
+from conftest import TEXT, forget_prefect_services, model_folder, twelve_layer_folder
 from s3server import s3_server
 
 REPO = Path(__file__).resolve().parents[1]
@@ -272,13 +270,7 @@ def tiny_config(ws: Path, **sections) -> dict:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     root = tmp_path_factory.mktemp("stack")
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=12,
-                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
-    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(root / "dense")
-    tiny_tokenizer().save_pretrained(root / "dense")
-    (root / "calib.txt").write_text(TEXT)
-    (root / "eval.txt").write_text(TEXT[::-1])
+    twelve_layer_folder(root)
     s = Stack(root)
     try:
         s.start_server()

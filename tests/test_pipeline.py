@@ -11,11 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
-import transformers
 import yaml
 
-from conftest import TEXT, forget_prefect_services, model_folder, tiny_tokenizer
+from conftest import TEXT, forget_prefect_services, model_folder, twelve_layer_folder
 from s3server import s3_server
 from dynslice.config import load_config
 from dynslice.loopstate import LoopState
@@ -166,13 +164,7 @@ def _fresh_env(tmp: Path, name: str, **extra) -> dict:
 
 
 def test_sigkill_mid_slicing_resumes_to_identical_bytes(tmp_path):
-    torch.manual_seed(0)
-    config_ = transformers.LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=12,
-                                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
-    transformers.AutoModelForCausalLM.from_config(config_).save_pretrained(tmp_path / "dense")
-    tiny_tokenizer().save_pretrained(tmp_path / "dense")
-    (tmp_path / "calib.txt").write_text(TEXT)
-    (tmp_path / "eval.txt").write_text(TEXT[::-1])
+    twelve_layer_folder(tmp_path)
     cfg = config(tmp_path, calibration={"nsamples": 64, "seqlen": 96, "batch_size": 8})
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
 
