@@ -111,8 +111,14 @@ def test_library_log_lines_reach_the_run_in_prefect(workspace):
         async with get_client() as client:
             return await client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
 
-    records = asyncio.run(logs())
-    library = [r for r in records if r.name.startswith("dynslice.") and not r.name.startswith("dynslice.tasks")]
+    deadline = time.time() + 30
+    while True:  # logs reach the API in batches, after the run: wait for the last one
+        records = asyncio.run(logs())
+        library = [r for r in records if r.name.startswith("dynslice.") and not r.name.startswith("dynslice.tasks")]
+        if any(r.name == "dynslice.compress" and r.message.startswith("sliced ") for r in library) or \
+                time.time() > deadline:
+            break
+        time.sleep(1)
     messages = " | ".join(r.message for r in library)
     assert any(r.message.startswith("slice: computing") and r.task_run_id for r in library), messages
     assert any(r.name == "dynslice.compress" and r.message.startswith("sliced ") for r in library), messages
