@@ -6,7 +6,8 @@ TEST split (perplexity, and accuracy on the offline `mmlu_exemplars` task). Para
 stores them, the head kept tied to the embedding (`dynslice.counts.sliced_parameters`).
 
 The pipeline's planners are among the methods: `constant` and `dynamic` are `plan.planner` constant / dynamic,
-`shortgpt` is `plan.planner: removal` and `greedy_layers` is `plan.planner: greedy`.
+`shortgpt` is `plan.planner: removal`, `greedy_sublayers` is `plan.planner: greedy` (its default `units:
+sublayers`) and `greedy_layers` is the same with `units: layers`.
 
 Methods (each gives a `MixedPlan`: layers/sublayers removed + an optional SlicePlan of the rest):
   constant        SliceGPT: one width for every layer, the widest that meets the budget
@@ -425,11 +426,7 @@ def run(args) -> dict:
             per_method[method] = {"chosen": best_row, "candidates": [r for r, _ in tried],
                                   "seconds": time.perf_counter() - t}
             log(f"{budget:g} {method}: {best_row['label']} test {best_row['test_ppl']:.2f}")
-        pipeline = [m for m in ("dynamic", "shortgpt", "greedy_layers") if m in per_method]
-        if len(pipeline) == 3:  # what `planner: auto, budget: params` delivers: its candidates' best on validation
-            best = min(pipeline, key=lambda m: per_method[m]["chosen"]["validation_ppl"])
-            chosen = dict(per_method[best]["chosen"], label=f"{PIPELINE_NAMES.get(best, best)} (on validation)")
-            per_method["auto"] = {"chosen": chosen, "candidates": [], "seconds": 0.0}
+        add_auto(per_method)
         result["budgets"][f"{budget:g}"] = per_method
     result["wall_seconds"] = time.perf_counter() - start
     result["platform"] = {"python": platform.python_version(), "torch": torch.__version__,
@@ -437,8 +434,38 @@ def run(args) -> dict:
     return result
 
 
-PIPELINE_NAMES = {"shortgpt": "removal (ShortGPT)", "greedy_layers": "greedy (layers)",
-                  "greedy_sublayers": "greedy sublayers (library only)", "auto": "auto, budget params (pipeline)"}
+PIPELINE_NAMES = {"shortgpt": "removal (ShortGPT)", "greedy_layers": "greedy, units layers",
+                  "greedy_sublayers": "greedy (sublayers)", "auto": "auto, budget params (pipeline)"}
+AUTO_CANDIDATES = ("dynamic", "shortgpt", "greedy_sublayers")  # flows.compress.candidates with budget: params
+
+
+def add_auto(per_method: dict) -> None:
+    """What `planner: auto, budget: params` delivers, added to one budget's methods: the best of its candidates
+    on validation (nothing is measured: the candidates were)."""
+    per_method.pop("auto", None)
+    tried = [m for m in AUTO_CANDIDATES if m in per_method]
+    if len(tried) == len(AUTO_CANDIDATES):
+        best = min(tried, key=lambda m: per_method[m]["chosen"]["validation_ppl"])
+        chosen = dict(per_method[best]["chosen"], label=f"{PIPELINE_NAMES.get(best, best)} (on validation)")
+        per_method["auto"] = {"chosen": chosen, "candidates": [], "seconds": 0.0}
+
+
+def rederive() -> int:
+    """Rebuild the derived parts of bench/results/quality.json (the auto row, notes, plot, table) from its measured
+    rows, keeping the machine and date of the measurement: for a change of the pipeline's candidates or labels."""
+    from common import RESULTS, table
+
+    path = RESULTS / "quality.json"
+    result = json.loads(path.read_text())
+    for per_method in result["budgets"].values():
+        add_auto(per_method)
+    result["plot"], result["notes"] = plot_points(result), notes_of(result)
+    result["table"] = rows_of(result)
+    result["rederived"] = time.strftime("%Y-%m-%d")
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result))
+    print(table(result["table"]), file=sys.stderr)
+    return 0
 
 
 def rows_of(result: dict) -> list[list[str]]:
@@ -472,6 +499,13 @@ def notes_of(result: dict) -> list[str]:
                "`parameters` column is exact. Accuracy is the offline MMLU exemplar task (the same "
                f"{result['settings'].get('acc_limit') or 282} items for every model); for a 135M model it stays "
                "near chance (25%) and does not separate the methods; perplexity does.")
+    out.append(f"The greedy searches measure their losses on the first {result['settings'].get('search_windows')} "
+               "validation windows (`--search-windows`); the pipeline's `greedy` planner measures on the selection "
+               "data (`selection.windows`, 16 by default), so its plans can differ from these.")
+    if result.get("rederived"):
+        out.append(f"The auto row, labels and notes were rederived on {result['rederived']} from the measured rows "
+                   "(`python bench/quality.py --rederive`, nothing re-measured) when `greedy` became a sublayer "
+                   "planner of the pipeline and so an `auto` candidate.")
     return out
 
 
@@ -511,7 +545,11 @@ def main() -> int:
                    help="MMLU exemplar items each model answers (the same items for all; 0: all 282)")
     p.add_argument("--out", default=None, help="write the JSON here too")
     p.add_argument("--no-save", action="store_true", help="do not save bench/results/quality.json")
+    p.add_argument("--rederive", action="store_true",
+                   help="measure nothing: rebuild the auto row, notes, plot and table of the saved result")
     args = p.parse_args()
+    if args.rederive:
+        return rederive()
     torch.set_num_threads(args.threads)
     result = run(args)
     result["plot"], result["notes"] = plot_points(result), notes_of(result)

@@ -118,9 +118,9 @@ def slice_model(model: nn.Module, calibration, plan: SlicePlan, *, batch_size: i
         raise DynsliceError("this model is already sliced")
     spec = spec_for(model)
     check_plan(plan, model.config)
-    if plan.removed:
-        raise PlanError("this plan removes whole layers and slices nothing: apply it with "
-                        "dynslice.removal.drop_layers(model, plan.removed) (or `dynslice slice --plan`)")
+    if plan.removes:
+        raise PlanError("this plan removes layers or sublayers and slices nothing: apply it with "
+                        "dynslice.removal.prune(model, plan) (or `dynslice slice --plan`)")
     tied = _keeps_tied_head(model, spec, plan)
     check_batch_size(batch_size)
     if not isinstance(checkpoint_every, int) or checkpoint_every < 1:

@@ -44,7 +44,8 @@ class PlanConfig(_Strict):
     """How wide each layer stays: the planner, its target and its limits."""
     planner: Literal["constant", "dynamic", "removal", "greedy", "auto"] = Field(
         "dynamic", description="constant (SliceGPT), dynamic (the paper), removal (ShortGPT: whole layers by "
-                               "score), greedy (whole layers by measured held-out loss), auto (the best "
+                               "score), greedy (layers, attention or MLP sublayers removed by measured held-out "
+                               "loss), auto (the best "
                                "candidate on held-out ppl; with budget params removal and greedy compete too)")
     metric: Literal["cosine", "angular"] = Field("cosine", description="layer score: 1 - cos(h_in, h_out) "
                                                                     "(cosine) or arccos(cos) / pi (angular)")
@@ -57,6 +58,9 @@ class PlanConfig(_Strict):
     round_to: int = Field(8, ge=1, description="every width is a multiple of this (hardware-friendly shapes)")
     max_slice: float = Field(0.9, gt=0.0, lt=1.0, description="no layer loses more than this fraction of its "
                                                               "width")
+    units: Literal["sublayers", "layers"] = Field(
+        "sublayers", description="what the greedy planner removes: sublayers (a layer's attention, its MLP, or the "
+                                 "whole layer; sequential blocks) or whole layers only")
     untie_head: bool = Field(False, description="give a head tied to the embedding its own matrix (SliceGPT's way) "
                                                 "instead of keeping it tied; costs vocab x hidden parameters. "
                                                 "LayerNorm families (OPT, Phi) always untie")
@@ -67,7 +71,7 @@ class PlanConfig(_Strict):
             if not 0.0 <= a <= self.target:
                 raise ValueError(f"variation {a} must be in [0, target={self.target}]")
         if self.planner in ("removal", "greedy") and self.budget != "params":
-            raise ValueError(f"the {self.planner} planner removes whole layers, which slices nothing: its target "
+            raise ValueError(f"the {self.planner} planner removes layers, which slices nothing: its target "
                              "is a fraction of the parameters, so set budget: params (--budget params)")
         if self.planner in ("removal", "greedy") and self.variation is not None:
             raise ValueError(f"a variation applies to the dynamic planner, not to {self.planner}")

@@ -68,6 +68,48 @@ def layer_parameters(config) -> tuple[int, ...]:
     return _dense_table(_key(config))[1]
 
 
+ATTENTION, MLP = "attention", "mlp"
+KINDS = (ATTENTION, MLP)  # the two sublayers of a decoder layer, as a unit (layer index, kind) names them
+
+
+def _count(module: nn.Module | None) -> int:
+    return 0 if module is None else sum(p.numel() for p in module.parameters())
+
+
+def sublayer_parameters(config) -> tuple[tuple[int, int], ...]:
+    """Parameters each layer loses with its attention and with its MLP: ((attention, mlp), ...) [L].
+
+    Sequential blocks: a sublayer owns the norm that feeds it. Parallel blocks share one norm, which goes only
+    with the whole layer (`layer_parameters`), so there attention + mlp < layer.
+    """
+    return _sublayer_table(_key(config))
+
+
+@lru_cache(maxsize=16)
+def _sublayer_table(config_json: str) -> tuple[tuple[int, int], ...]:
+    model, spec = meta_model(config_json)
+    sequential = spec.topology == "sequential"
+    out = []
+    for layer in model.get_submodule(spec.layers):
+        attention = _count(layer.get_submodule(spec.attn))
+        attention += _count(layer.get_submodule(spec.attn_norm)) if sequential else 0
+        mlp = sum(_count(layer.get_submodule(name)) for name in spec.mlp)
+        mlp += _count(layer.get_submodule(spec.mlp_norm)) if spec.mlp_norm else 0
+        out.append((attention, mlp))
+    return tuple(out)
+
+
+def removed_parameters(config, units) -> int:
+    """Parameters the dense model loses without `units`, (layer, ATTENTION | MLP) pairs (a layer without both
+    loses all of its own)."""
+    per_kind, per_layer = sublayer_parameters(config), layer_parameters(config)
+    by_layer: dict[int, set[str]] = {}
+    for i, kind in units:
+        by_layer.setdefault(i, set()).add(kind)
+    return sum(per_layer[i] if kinds == set(KINDS) else per_kind[i][KINDS.index(next(iter(kinds)))]
+               for i, kinds in by_layer.items())
+
+
 def check_plan(plan: SlicePlan, config) -> None:
     """PlanError unless `plan` fits the model of `config` (layer count, hidden size, block topology)."""
     config = as_config(config)
@@ -80,8 +122,10 @@ def sliced_parameters(plan: SlicePlan, config) -> int:
     stays tied counted once)."""
     config = as_config(config)
     check_plan(plan, config)
-    if plan.removed:  # whole layers dropped, nothing sliced
-        return dense_parameters(config) - sum(layer_parameters(config)[i] for i in plan.removed)
+    if plan.removes:  # layers or sublayers dropped, nothing sliced
+        units = [(i, k) for i in plan.removed for k in KINDS]
+        units += [(i, ATTENTION) for i in plan.removed_attention] + [(i, MLP) for i in plan.removed_mlp]
+        return dense_parameters(config) - removed_parameters(config, units)
     table = _sliced_table(_key(config))
     total = table["fixed"] + table["embedding_rows"] * plan.widths[0] + table["head_rows"] * plan.widths[-1]
     if untie_reason(config, spec_for_config(config), plan) is None:

@@ -77,6 +77,9 @@ def sliced_config(folder: str | os.PathLike) -> dict:
     if meta is None or "widths" not in meta:
         raise HubError(f"{folder} is not a dynslice sliced model: its config.json has no `dynslice` entry of "
                        f"format {FORMAT_VERSION} (a dense model? slice it first); {hint}")
+    if not meta.get("rotated", True):
+        raise HubError(f"{folder} is a pruned model (sublayers removed by the greedy planner): pushing one to the "
+                       f"Hub is not supported yet (the model card describes slicing); upload the folder as it is")
     if not (folder / "modeling_dynslice.py").is_file():
         raise HubError(f"{folder} lacks modeling_dynslice.py, which trust_remote_code loading needs: save the "
                        f"model again with save_sliced")

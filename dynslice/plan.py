@@ -5,9 +5,11 @@ widths[L] the width the last layer writes (the head reads it). mid[i] is the wid
 attention and its MLP (sequential blocks only; parallel blocks have none and keep mid == widths[:-1]).
 untie_head: give a head tied to the embedding its own copy (SliceGPT's way) instead of keeping it tied
 (dynslice.fusion.untie_reason); it changes the parameter count, so it belongs to the plan.
-removed: decoder layers dropped whole (ShortGPT-style depth pruning, the `removal` and `greedy` planners). A
-plan that removes layers slices nothing: every width is the hidden size (depth and width together lost to
-either alone at every budget measured, docs/BENCHMARKS.md).
+removed: decoder layers dropped whole (ShortGPT-style depth pruning, the `removal` and `greedy` planners).
+removed_attention / removed_mlp: layers that lose only their attention / only their MLP (the `greedy` planner's
+sublayer removal; sequential blocks). Indices are layers of the dense model. A plan that removes anything
+slices nothing: every width is the hidden size (depth and width together lost to either alone at every budget
+measured, docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -36,13 +38,23 @@ class SlicePlan:
     provenance: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
     untie_head: bool = False
     removed: tuple[int, ...] = ()
+    removed_attention: tuple[int, ...] = ()
+    removed_mlp: tuple[int, ...] = ()
 
     def __post_init__(self):
         if not isinstance(self.untie_head, bool):
             raise PlanError(f"untie_head must be true or false, got {self.untie_head!r}")
-        if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in self.removed) or \
-                list(self.removed) != sorted(set(self.removed)):
-            raise PlanError(f"removed must be distinct layer indices in ascending order, got {list(self.removed)}")
+        for name in ("removed", "removed_attention", "removed_mlp"):
+            values = getattr(self, name)
+            if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in values) or \
+                    list(values) != sorted(set(values)):
+                raise PlanError(f"{name} must be distinct layer indices in ascending order, got {list(values)}")
+        for a, b in (("removed", "removed_attention"), ("removed", "removed_mlp"),
+                     ("removed_attention", "removed_mlp")):
+            both = sorted(set(getattr(self, a)) & set(getattr(self, b)))
+            if both:
+                raise PlanError(f"layers {both} are in both {a} and {b} (a layer that loses both sublayers is "
+                                "removed)")
         for name, values in (("widths", self.widths), ("mid", self.mid)):
             if not all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in values):
                 raise PlanError(f"{name} must be positive integers, got {list(values)}")
@@ -75,14 +87,24 @@ class SlicePlan:
                    removed=removed)
 
     @classmethod
-    def removal(cls, num_layers: int, hidden_size: int, removed, provenance: dict | None = None) -> "SlicePlan":
-        """Drop the decoder layers `removed` whole, slice nothing."""
-        return cls.from_widths([hidden_size] * (num_layers + 1), provenance=provenance, removed=sorted(removed))
+    def removal(cls, num_layers: int, hidden_size: int, removed, provenance: dict | None = None, *,
+                attention=(), mlp=()) -> "SlicePlan":
+        """Drop the decoder layers `removed` whole and the attention of layers `attention` and the MLP of layers
+        `mlp`; slice nothing."""
+        full = (hidden_size,) * num_layers
+        return cls(widths=full + (hidden_size,), mid=full, provenance=dict(provenance or {}),
+                   removed=tuple(sorted(removed)), removed_attention=tuple(sorted(attention)),
+                   removed_mlp=tuple(sorted(mlp)))
 
     # -- properties -----------------------------------------------------------------------------
     @property
     def num_layers(self) -> int:
         return len(self.mid)
+
+    @property
+    def removes(self) -> bool:
+        """Whether this plan removes layers or sublayers (and so slices nothing)."""
+        return bool(self.removed or self.removed_attention or self.removed_mlp)
 
     def mean_slicing(self, hidden_size: int) -> float:
         """Mean slicing fraction over the layer inputs (the paper's target t)."""
@@ -99,17 +121,25 @@ class SlicePlan:
             raise PlanError(f"widths {too_wide} exceed the hidden size {hidden_size}")
         if parallel and self.mid != self.widths[:-1]:
             raise PlanError("parallel-block models have no attention-to-MLP width: mid must equal widths[:-1]")
-        if self.removed:
-            if self.removed[-1] >= num_layers or len(self.removed) >= num_layers:
+        if self.removes:
+            listed = self.removed + self.removed_attention + self.removed_mlp
+            if max(listed) >= num_layers:
+                raise PlanError(f"the plan removes (parts of) layer {max(listed)}: the model has {num_layers} layers")
+            if len(self.removed) >= num_layers:
                 raise PlanError(f"removed layers {list(self.removed)} do not leave a layer of the {num_layers}")
             if any(w != hidden_size for w in self.widths + self.mid):
                 raise PlanError("a plan that removes layers slices nothing: every width must be the hidden size")
+            if parallel and (self.removed_attention or self.removed_mlp):
+                raise PlanError("parallel blocks cannot lose one sublayer (their attention and MLP read one norm)")
 
     # -- JSON -----------------------------------------------------------------------------------
     def to_dict(self) -> dict:
         out = {"format": PLAN_FORMAT, "widths": list(self.widths), "mid": list(self.mid),
                "untie_head": self.untie_head, "provenance": self.provenance}
-        return {**out, "removed": list(self.removed)} if self.removed else out  # older plans' bytes unchanged
+        for name in ("removed", "removed_attention", "removed_mlp"):  # older plans' bytes unchanged
+            if getattr(self, name):
+                out[name] = list(getattr(self, name))
+        return out
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
@@ -119,8 +149,12 @@ class SlicePlan:
         if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT or "widths" not in data:
             raise PlanError(f"not a dynslice plan (format {PLAN_FORMAT} with `widths` expected)")
         try:  # plans written before `untie_head` existed keep a tied head tied
-            return cls.from_widths(data["widths"], data.get("mid"), data.get("provenance"),
+            plan = cls.from_widths(data["widths"], data.get("mid"), data.get("provenance"),
                                    data.get("untie_head", False), data.get("removed", ()))
+            if "removed_attention" in data or "removed_mlp" in data:
+                return cls(plan.widths, plan.mid, plan.provenance, plan.untie_head, plan.removed,
+                           tuple(data.get("removed_attention", ())), tuple(data.get("removed_mlp", ())))
+            return plan
         except (TypeError, ValueError) as exc:
             raise PlanError(f"plan widths must be lists of positive integers: {exc}") from None
 

@@ -195,7 +195,7 @@ def _finish(plan: SlicePlan, config, provenance: dict[str, Any], scores=None) ->
     log.info("%s plan (budget %s, target %s): mean slicing %.4f, parameters removed %.4f", info["planner"],
              info["budget"], info["target"], info["achieved_mean_slicing"], info["achieved_param_reduction"])
     return SlicePlan(widths=plan.widths, mid=plan.mid, provenance=info, untie_head=plan.untie_head,
-                     removed=plan.removed)
+                     removed=plan.removed, removed_attention=plan.removed_attention, removed_mlp=plan.removed_mlp)
 
 
 def constant(sparsity: float, config, *, budget: str = "mean", round_to: int = 8,
@@ -271,10 +271,12 @@ def dynamic(scores, target: float, variation: float, *, config=None, budget: str
                                   "effective_target": used, "effective_variation": ratio * used}, scores)
 
 
-def removed_layers(removed: Sequence[int], config, provenance: dict[str, Any], scores=None) -> SlicePlan:
-    """The plan dropping the decoder layers `removed` whole (nothing sliced), with its achieved counts."""
+def removed_layers(removed: Sequence[int], config, provenance: dict[str, Any], scores=None, *,
+                   attention: Sequence[int] = (), mlp: Sequence[int] = ()) -> SlicePlan:
+    """The plan dropping the decoder layers `removed` whole, and the attention of layers `attention` and the MLP
+    of layers `mlp` (nothing sliced), with its achieved counts."""
     config = as_config(config)
-    plan = SlicePlan.removal(config.num_hidden_layers, config.hidden_size, removed)
+    plan = SlicePlan.removal(config.num_hidden_layers, config.hidden_size, removed, attention=attention, mlp=mlp)
     return _finish(plan, config, {"budget": "params", **provenance}, scores)
 
 
@@ -307,7 +309,7 @@ def make_plan(scores: LayerScores, planner: str, target: float, *, variation: fl
 
     planner: constant (SliceGPT), dynamic (the paper's mapping; `variation` required, in [0, target]) or
     removal (ShortGPT: whole layers dropped; budget "params"). The `greedy` planner measures the model itself:
-    `dynslice.planners_mixed.greedy_removal`.
+    `dynslice.planners_mixed.greedy_plan`.
     untie_head: give a tied head its own matrix instead of keeping it tied (see `SlicePlan.untie_head`).
     """
     if planner not in PLANNERS:

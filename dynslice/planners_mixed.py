@@ -1,12 +1,12 @@
 """Depth-and-width plans at a parameter budget, and the planner that won the search of issue 11.
 
 A `MixedPlan` drops whole decoder layers and single sublayers (a layer's attention or its MLP) and may slice
-the layers that remain with a `SlicePlan`. Measured on SmolLM2-135M (bench/planner_search.py,
-bench/results/planner_search.md), the best plan at 5-15% of parameters removed slices nothing: it drops the
-sublayers whose removal costs the least held-out loss per parameter, chosen greedily by measurement
-(`greedy_removal`). Slicing loses at these budgets because every sliced layer carries two shortcut matrices
-(2 d^2 parameters: 12% of a SmolLM2 layer at d = 464), so slicing must cut ~14% of the width before a layer
-gets any smaller.
+the layers that remain with a `SlicePlan`. Measured on SmolLM2-135M (bench/quality.py, docs/BENCHMARKS.md),
+the best plan at 5-15% of parameters removed slices nothing: it drops the sublayers whose removal costs the
+least held-out loss per parameter, chosen greedily by measurement (`greedy_removal`; the pipeline's `greedy`
+planner is `greedy_plan`, and `dynslice.removal.prune` applies its plans). Slicing loses at these budgets
+because every sliced layer carries two shortcut matrices (2 d^2 parameters: 12% of a SmolLM2 layer at
+d = 464), so slicing must cut ~14% of the width before a layer gets any smaller.
 
 Notation: L decoder layers, hidden size D, vocabulary V. A unit is (layer index in the dense model, kind),
 kind "attention" (the attention module and, in sequential blocks, the norm that feeds it) or "mlp" (the MLP
@@ -21,7 +21,6 @@ import logging
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any
 
 import torch
@@ -32,7 +31,8 @@ from tqdm.auto import tqdm
 from dynslice.architectures import spec_for, spec_for_config
 from dynslice.calibration import as_calibration
 from dynslice.capture import capture_layer_inputs, move_to
-from dynslice.counts import as_config, dense_parameters, layer_parameters, check_plan, meta_model, sliced_parameters
+from dynslice.counts import (ATTENTION, KINDS, MLP, as_config, check_plan, dense_parameters, layer_parameters,
+                             removed_parameters, sliced_parameters, sublayer_parameters)
 from dynslice.errors import PlanError, UnsupportedArchitectureError
 from dynslice.plan import SlicePlan
 from dynslice.planners import check_fraction
@@ -40,8 +40,7 @@ from dynslice.sliced.modeling_dynslice import BLOCKS
 
 log = logging.getLogger(__name__)
 
-ATTENTION, MLP, LAYER = "attention", "mlp", "layer"
-KINDS = (ATTENTION, MLP)
+LAYER = "layer"
 CANDIDATE_KINDS = (ATTENTION, MLP, LAYER)  # what greedy_removal may drop in one step
 MIXED_PLAN_FORMAT = 1
 CRITERIA = ("nll", "kl")
@@ -50,49 +49,6 @@ Unit = tuple[int, str]  # (dense layer index, ATTENTION | MLP)
 
 
 # -- parameter counts -------------------------------------------------------------------------------------
-def _count(module: nn.Module | None) -> int:
-    return 0 if module is None else sum(p.numel() for p in module.parameters())
-
-
-def sublayer_parameters(config) -> tuple[tuple[int, int], ...]:
-    """Parameters each layer loses with its attention unit and with its MLP unit: ((attention, mlp), ...) [L].
-
-    Sequential blocks: a unit owns its norm. Parallel blocks share one norm, which goes only with the whole
-    layer (`layer_parameters`), so there attention + mlp < layer.
-    """
-    return _sublayer_table(as_config(config).to_json_string(use_diff=False))
-
-
-@lru_cache(maxsize=16)
-def _sublayer_table(config_json: str) -> tuple[tuple[int, int], ...]:
-    model, spec = meta_model(config_json)
-    sequential = spec.topology == "sequential"
-    out = []
-    for layer in model.get_submodule(spec.layers):
-        attention = _count(layer.get_submodule(spec.attn))
-        attention += _count(layer.get_submodule(spec.attn_norm)) if sequential else 0
-        mlp = sum(_count(layer.get_submodule(name)) for name in spec.mlp)
-        mlp += _count(layer.get_submodule(spec.mlp_norm)) if spec.mlp_norm else 0
-        out.append((attention, mlp))
-    return tuple(out)
-
-
-def removed_parameters(config, units: Iterable[Unit]) -> int:
-    """Parameters the dense model loses without `units` (a layer without both units loses all of its own)."""
-    per_kind, per_layer = sublayer_parameters(config), layer_parameters(config)
-    by_layer: dict[int, set[str]] = {}
-    for i, kind in units:
-        by_layer.setdefault(i, set()).add(kind)
-    total = 0
-    for i, kinds in by_layer.items():
-        if kinds == set(KINDS):
-            total += per_layer[i]
-        else:
-            (kind,) = kinds
-            total += per_kind[i][KINDS.index(kind)]
-    return total
-
-
 def remaining_config(config, removed: Iterable[int]):
     """The config of the model left after dropping the decoder layers `removed` (per-layer lists filtered)."""
     config = copy.deepcopy(as_config(config))
@@ -462,60 +418,49 @@ def heldout_windows(tokenizer, source: str, split: str | None, seqlen: int, wind
     return windows_of(token_stream(tokenizer, text), seqlen, windows)
 
 
-def greedy_layer_plan(model: nn.Module, windows, target: float, *, scores=None, progress: bool = True) -> SlicePlan:
-    """The `greedy` planner: whole layers removed one at a time, each time the one whose removal raises the
-    held-out loss least per parameter, until `target` of the parameters is gone. Layers only: a model missing
-    a single sublayer has no saved format yet (the library's greedy_removal can also drop sublayers)."""
+UNITS = ("sublayers", "layers")  # what the `greedy` planner may drop: sublayers and layers, or whole layers only
+
+
+def greedy_plan(model: nn.Module, windows, target: float, *, units: str = "sublayers", scores=None,
+                progress: bool = True) -> SlicePlan:
+    """The `greedy` planner: one removal at a time, each the one that raises the held-out loss least per parameter
+    (`greedy_removal`), until `target` of the parameters is gone.
+
+    units: "sublayers" lets a step drop a layer's attention, its MLP or the whole layer (the winner of issue 11's
+    search); models with parallel blocks drop whole layers only. "layers": whole layers only.
+    """
     from dynslice.planners import removed_layers
 
-    mixed = greedy_removal(HeldOutLoss(model.eval(), windows), model.config, target, kinds=(LAYER,),
+    if units not in UNITS:
+        raise PlanError(f"units must be one of {', '.join(UNITS)}, got {units!r}")
+    sequential = spec_for(model).topology == "sequential"
+    kinds = CANDIDATE_KINDS if units == "sublayers" and sequential else (LAYER,)
+    if units == "sublayers" and not sequential:
+        log.info("greedy planner: parallel blocks share one norm, so only whole layers are candidates")
+    mixed = greedy_removal(HeldOutLoss(model.eval(), windows), model.config, target, kinds=kinds,
                            progress=progress)
-    provenance = {"planner": "greedy", "target": float(target), "search": mixed.provenance}
-    return removed_layers(mixed.removed, model.config, provenance, scores)
+    provenance = {"planner": "greedy", "target": float(target), "units": units, "search": mixed.provenance}
+    return removed_layers(mixed.removed, model.config, provenance, scores, attention=mixed.removed_attention,
+                          mlp=mixed.removed_mlp)
 
 
 # -- applying a plan to a model (removal only; slicing is dynslice.slice_model's) ------------------------------
-class _NoAttention(nn.Module):
-    """Stands in for a removed attention module: adds nothing to the stream; (output, weights) like the original."""
-
-    def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
-        return torch.zeros_like(hidden_states), None
-
-
-class _NoMLP(nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.zeros_like(x)
-
-
 def apply_removal(model: nn.Module, plan: MixedPlan) -> nn.Module:
     """Drop the plan's layers and sublayers from `model` in place (its `slicing` is not applied); returns it.
 
-    Whole layers go as in `dynslice.remove_layers`; a removed sublayer is replaced by a parameter-free module
-    that adds zero (its norm by an identity), so the model keeps its class and runs and its parameter count
-    is `plan.num_parameters`. For measurement: saving such a model needs a format that records the removed
-    sublayers (save_pretrained/from_pretrained would re-create them with fresh weights).
+    As `dynslice.removal.prune`: whole layers go, a removed sublayer becomes a parameter-free module that adds
+    zero, the model keeps its class, its parameter count is `plan.num_parameters`, and `save_sliced` saves it.
     """
-    from dynslice.removal import remove_layers
+    from dynslice.removal import prune
 
-    spec = spec_for(model)
     plan.check(model.config)
-    if (plan.removed_attention or plan.removed_mlp) and spec.topology != "sequential":
-        raise UnsupportedArchitectureError("single-sublayer removal needs sequential blocks")
-    layers = model.get_submodule(spec.layers)
-    for i in plan.removed_attention:
-        layers[i].set_submodule(spec.attn, _NoAttention())
-        layers[i].set_submodule(spec.attn_norm, nn.Identity())
-    for i in plan.removed_mlp:
-        for name in spec.mlp:
-            layers[i].set_submodule(name, _NoMLP() if name == spec.mlp[0] else nn.Identity())
-        layers[i].set_submodule(spec.mlp_norm, nn.Identity())
-    if plan.removed:
-        # remove_layers drops the n lowest scores (ties: the later layer first): score 0 marks exactly ours
-        marks = [0.0 if i in set(plan.removed) else 1.0 for i in range(len(layers))]
-        remove_layers(model, marks, len(plan.removed))
-    return model
+    if not plan.units():
+        return model
+    config = model.config
+    return prune(model, SlicePlan.removal(config.num_hidden_layers, config.hidden_size, plan.removed,
+                                          attention=plan.removed_attention, mlp=plan.removed_mlp))
 
 
 __all__ = ["ATTENTION", "CANDIDATE_KINDS", "HeldOutLoss", "KINDS", "LAYER", "MLP", "MissingLoss", "MixedPlan",
-           "Unit", "apply_removal", "greedy_layer_plan", "greedy_removal", "heldout_windows", "remaining_config",
+           "UNITS", "Unit", "apply_removal", "greedy_plan", "greedy_removal", "heldout_windows", "remaining_config",
            "removal_plan", "removed_parameters", "sublayer_parameters"]

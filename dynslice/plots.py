@@ -70,6 +70,11 @@ def plot_plan(plan: SlicePlan, hidden_size: int | None = None) -> bytes:
     if plan.removed:
         ax.plot(list(plan.removed), [0] * len(plan.removed), linestyle="none", marker="x", markersize=9,
                 color="tab:red", clip_on=False, label="layer removed")
+    for removed, marker, label in ((plan.removed_attention, "v", "attention removed"),
+                                   (plan.removed_mlp, "^", "MLP removed")):
+        if removed:
+            ax.plot(list(removed), [0] * len(removed), linestyle="none", marker=marker, markersize=8,
+                    color="tab:orange" if marker == "v" else "tab:purple", clip_on=False, label=label)
     ax.set_ylim(0, hidden * 1.05)
     ax.set_xlabel("layer (d_0 = embedding width, d_L = head)")
     ax.set_ylabel("width")

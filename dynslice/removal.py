@@ -3,6 +3,10 @@
 The result is a standard transformers model of the same class with fewer layers: `config.num_hidden_layers`
 and per-layer config lists shrink, and every module's `layer_idx` is renumbered so the KV cache of
 `generate()` indexes the remaining layers. It saves and loads with plain save_pretrained/from_pretrained.
+
+`prune` applies a plan's removals, whole layers and single sublayers (the `greedy` planner's). A model missing a
+sublayer keeps its class; it saves in the dynslice format (`save_sliced`, format 3) and loads with `load_sliced`
+or `from_pretrained(trust_remote_code=True)`.
 """
 
 from __future__ import annotations
@@ -13,9 +17,11 @@ import math
 from torch import nn
 
 from dynslice.architectures import spec_for
-from dynslice.counts import as_config, dense_parameters, layer_parameters
+from dynslice.counts import as_config, check_plan, dense_parameters, layer_parameters
 from dynslice.errors import PlanError, ScoreError, UnsupportedArchitectureError
+from dynslice.plan import SlicePlan
 from dynslice.scores import LayerScores, check_values
+from dynslice.sliced.modeling_dynslice import mark_pruned, skip_problem, skip_sublayers
 
 log = logging.getLogger(__name__)
 
@@ -91,4 +97,31 @@ def drop_layers(model: nn.Module, removed) -> nn.Module:
             setattr(config, key, [values[i] for i in keep])
     config.num_hidden_layers = len(keep)
     log.info("removed layers %s of %d (%d left)", list(removed), len(layers), len(keep))
+    return model
+
+
+def prune(model: nn.Module, plan: SlicePlan) -> nn.Module:
+    """Apply `plan`'s removals to `model` in place and return it: its layers `removed` go, then its layers
+    `removed_attention` / `removed_mlp` (dense indices) lose that sublayer. With sublayers gone, the config
+    records them (the dynslice format), so `save_sliced` writes the model and `load_sliced` rebuilds it."""
+    spec = spec_for(model)
+    if not plan.removes:
+        raise PlanError("the plan removes nothing: slice it with slice_model")
+    check_plan(plan, model.config)
+    kept = [j for j in range(plan.num_layers) if j not in set(plan.removed)]
+    position = {dense: i for i, dense in enumerate(kept)}
+    attention = [position[i] for i in plan.removed_attention]
+    mlp = [position[i] for i in plan.removed_mlp]
+    layer_types = getattr(model.config, "layer_types", None)
+    problem = skip_problem(spec.to_dict(), len(kept), attention, mlp,
+                           [layer_types[j] for j in kept] if layer_types else None)
+    if problem:  # refused before the model is touched
+        raise UnsupportedArchitectureError(problem)
+    if plan.removed:
+        drop_layers(model, plan.removed)
+    if attention or mlp:
+        skip_sublayers(model, spec.to_dict(), attention, mlp)
+        mark_pruned(model, spec.to_dict(), plan.to_dict(), attention, mlp)
+        log.info("removed the attention of layers %s and the MLP of layers %s", list(plan.removed_attention),
+                 list(plan.removed_mlp))
     return model

@@ -87,7 +87,8 @@ def candidates(plan: PlanConfig) -> list[tuple[str, float | None]]:
 
 def _shape(plan_ref: dict) -> tuple:
     r = plan_ref["result"]
-    return tuple(r["widths"]), tuple(r["mid"]), tuple(r.get("removed", ()))
+    return (tuple(r["widths"]), tuple(r["mid"]),
+            *(tuple(r.get(name, ())) for name in ("removed", "removed_attention", "removed_mlp")))
 
 
 def slice_and_select(config: CompressConfig, store: dict, calibration_ref: dict,
@@ -95,7 +96,7 @@ def slice_and_select(config: CompressConfig, store: dict, calibration_ref: dict,
     """Slice every plan (fanned out), score each on held-out perplexity, return the best (plan, slice)."""
     c, stage = config, timed(config.timeouts)
     plans = [_value(p) for p in plan_refs]
-    # plans with the same widths (and removed layers) give the same model (one slice key): slice each once
+    # plans with the same widths (and removals) give the same model (one slice key): slice each once
     unique = list({_shape(p): p for p in plans}.values())
     names = [plan_name(p) for p in unique]
     slices = stage.slice.map(unmapped(store), unmapped(c.model), unmapped(calibration_ref), unique,
@@ -147,8 +148,10 @@ def compress(config: CompressConfig = CompressConfig()) -> dict:
     run = c.run_name or run_name(c.model.source, refs["plan"]["result"]["planner"], c.plan.target,
                                  refs["slice"]["key"])
     published = stage.publish.submit(store, run, c.model_dump(), refs).result()
-    if c.hub.repo_id and refs["plan"]["result"].get("removed"):
-        raise DynsliceError(f"the chosen plan removes whole layers: pushing such a model to the Hub is not supported "
+    chosen = refs["plan"]["result"]
+    if c.hub.repo_id and any(chosen.get(k) for k in ("removed", "removed_attention", "removed_mlp")):
+        raise DynsliceError(f"the chosen plan removes layers or sublayers: pushing such a model to the Hub is not "
+                            f"supported "
                             f"yet (its model card reads the sliced-model entry); the run is in the store as {run}")
     if c.hub.repo_id:
         published["hub"] = stage.push_to_hub.submit(published["run"], c.hub).result()

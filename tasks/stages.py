@@ -78,7 +78,7 @@ def plan(store: dict, score_ref: dict, plan_config: PlanConfig, variation: float
 @task(name="search", task_run_name="plan-{name}", **_HEAVY)
 def search(store: dict, score_ref: dict, plan_config: PlanConfig, model: ModelConfig, selection: SelectionConfig,
            device: str, name: str = "greedy") -> dict:
-    """The greedy planner: whole layers removed one by one by measured held-out loss (runs the model)."""
+    """The greedy planner: layers or sublayers removed one by one by measured held-out loss (runs the model)."""
     return reported(plan_stage.run(open_store(store), ArtifactRef.from_dict(score_ref), plan_config,
                                    planner="greedy", model=model, selection=selection, device=device))
 

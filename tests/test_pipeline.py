@@ -343,7 +343,8 @@ def test_auto_with_a_parameter_budget_weighs_layer_removal_against_slicing(works
     result = run_compress(cfg)
     store = ArtifactStore(ws / "store")
     plans = {m["result"]["planner"]: m["result"] for m in store.manifests("plan")}
-    assert set(plans) == {"dynamic", "removal", "greedy"} and plans["greedy"]["removed"]
+    assert set(plans) == {"dynamic", "removal", "greedy"}
+    assert any(plans["greedy"][k] for k in ("removed", "removed_attention", "removed_mlp"))  # layers or sublayers
     assert all(p["achieved_param_reduction"] >= 0.1 for p in plans.values())  # every candidate at the budget
     held_out = {m["inputs"]["model"]: m["result"]["perplexity"] for m in store.manifests("evaluate")
                 if m["inputs"]["evaluation"]["ppl"] == str(ws / "heldout.txt")}

@@ -74,3 +74,31 @@ def test_slicing_smollm2(assets, tmp_path):
         assert torch.equal(loaded(probe).logits, model(probe).logits)
     out = loaded.generate(probe[:, :16], max_new_tokens=8, do_sample=False)
     assert torch.equal(out, loaded.generate(probe[:, :16], max_new_tokens=8, do_sample=False, use_cache=False))
+
+
+def test_the_benchmarks_greedy_plan_saved_and_reloaded_gives_its_reported_perplexity(tmp_path):
+    """The 5% `greedy` (sublayers) row of docs/BENCHMARKS.md through the product: the plan applied by `prune`,
+    saved in the pruned format, reloaded, is as large as reported and measures the reported test perplexity."""
+    import json
+    from pathlib import Path
+
+    from dynslice.data import load_corpus, resolve_data
+    from dynslice.evaluation.perplexity import perplexity, token_stream
+    from dynslice.models import resolve_model
+
+    result = json.loads((Path(__file__).parents[1] / "bench" / "results" / "quality.json").read_text())
+    row = result["budgets"]["0.05"]["greedy_sublayers"]["chosen"]
+    settings = result["settings"]
+    loaded = resolve_model(settings["model"], dtype="float32")
+    config = loaded.model.config
+    plan = dynslice.SlicePlan.removal(config.num_hidden_layers, config.hidden_size, row["plan"]["removed"],
+                                      attention=row["plan"]["removed_attention"], mlp=row["plan"]["removed_mlp"])
+    assert plan.removed_attention or plan.removed_mlp  # the row this test is about removes single sublayers
+    predicted = sliced_parameters(plan, config)  # (before prune shortens the config)
+    dynslice.save_sliced(dynslice.prune(loaded.model, plan), tmp_path / "pruned", loaded.tokenizer)
+    reloaded = resolve_model(str(tmp_path / "pruned")).model
+    assert param_count(reloaded) == row["parameters"] == predicted
+    ids = token_stream(loaded.tokenizer, load_corpus(resolve_data(settings["data"], "test")).eval_text)
+    ppl = perplexity(reloaded, ids, settings["seqlen"], max_windows=settings["test_windows"], batch_size=8,
+                     progress=False).perplexity
+    assert ppl == pytest.approx(row["test_ppl"], rel=1e-4)

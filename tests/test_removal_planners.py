@@ -20,7 +20,7 @@ from dynslice.pipeline import score as score_stage
 from dynslice.pipeline import slice as slice_stage
 from dynslice.plan import SlicePlan
 from dynslice.planners import make_plan
-from dynslice.planners_mixed import LAYER, HeldOutLoss, greedy_removal
+from dynslice.planners_mixed import CANDIDATE_KINDS, LAYER, HeldOutLoss, MixedPlan, apply_removal, greedy_removal
 from dynslice.removal import layers_to_remove, remove_layers
 from dynslice.scores import LayerScores
 from dynslice.store import ArtifactStore
@@ -80,38 +80,46 @@ def _stages(tmp_path):
     return store, model, cal, scored, selection, dense
 
 
-def test_greedy_plan_and_the_removed_model_through_the_stages(tmp_path, monkeypatch):
+@pytest.mark.parametrize("units", ["layers", "sublayers"])
+def test_greedy_plan_and_the_removed_model_through_the_stages(tmp_path, monkeypatch, units):
     monkeypatch.setenv("DYNSLICE_CACHE", str(tmp_path / "cache"))
     store, model, cal, scored, selection, dense = _stages(tmp_path)
-    config = PlanConfig(planner="greedy", target=0.1, budget="params")
+    config = PlanConfig(planner="greedy", target=0.1, budget="params", units=units)
     with pytest.raises(ConfigError, match="held-out"):
         plan_stage.run(store, scored, config)
     ref = plan_stage.run(store, scored, config, model=model, selection=selection, device="cpu")
     plan = plan_stage.plan_of(store, ref)
-    # the same search by hand: the held-out windows of the selection text, layers only
+    # the same search by hand: the held-out windows of the selection text
     from dynslice.evaluation.perplexity import token_stream, windows_of
 
     tok = resolve_model(model.source).tokenizer
     windows = windows_of(token_stream(tok, TEXT[::-1]), 32, 3)
-    expected = greedy_removal(HeldOutLoss(dense.eval(), windows), dense.config, 0.1, kinds=(LAYER,),
-                              progress=False)
-    assert plan.removed == expected.removed and len(plan.removed) >= 1
+    expected = greedy_removal(HeldOutLoss(dense.eval(), windows), dense.config, 0.1,
+                              kinds=(LAYER,) if units == "layers" else CANDIDATE_KINDS, progress=False)
+    removals = (plan.removed, plan.removed_attention, plan.removed_mlp)
+    assert removals == (expected.removed, expected.removed_attention, expected.removed_mlp)
+    assert plan.removes and (units == "sublayers" or not plan.removed_attention + plan.removed_mlp)
     assert ref.result["removed"] == list(plan.removed) and ref.result["achieved_param_reduction"] >= 0.1
-    # cached: a second run is a hit; another held-out text is another plan key
+    assert (tuple(ref.result["removed_attention"]), tuple(ref.result["removed_mlp"])) == removals[1:]
+    # cached: a second run is a hit; another held-out text, or other units, is another plan key
     assert plan_stage.run(store, scored, config, model=model, selection=selection, device="cpu").cached
     (tmp_path / "other.txt").write_text(TEXT)
     other = SelectionConfig(source=str(tmp_path / "other.txt"), split=None, seqlen=32, windows=3)
     assert plan_stage.run(store, scored, config, model=model, selection=other, device="cpu").key != ref.key
+    flipped = config.model_copy(update={"units": "layers" if units == "sublayers" else "sublayers"})
+    assert plan_stage.run(store, scored, flipped, model=model, selection=selection, device="cpu").key != ref.key
 
     sliced = slice_stage.run(store, model, cal, ref, batch_size=2, device="cpu")
     assert sliced.result["removed"] == list(plan.removed)
     folder = slice_stage.model_dir(store, sliced)
     saved = json.loads((folder / "config.json").read_text())
     assert saved["num_hidden_layers"] == dense.config.num_hidden_layers - len(plan.removed)
-    reloaded = resolve_model(str(folder)).model
+    # whole layers only: a plain transformers folder; sublayers: the dynslice format records them
+    assert ("dynslice" in saved) == bool(plan.removed_attention or plan.removed_mlp)
+    reloaded = resolve_model(str(folder), attn_implementation="eager").model
     assert unique_parameters(reloaded) == sliced.result["parameters"] == sliced_parameters(plan, dense.config)
-    marks = [0.0 if i in plan.removed else 1.0 for i in range(dense.config.num_hidden_layers)]
-    by_hand = remove_layers(resolve_model(model.source).model, marks, len(plan.removed))
+    by_hand = apply_removal(resolve_model(model.source, attn_implementation="eager").model,
+                            MixedPlan(plan.removed, plan.removed_attention, plan.removed_mlp))
     cal_batch = calibration(n=2, t=12)
     assert torch.equal(logits_of(reloaded, cal_batch), logits_of(by_hand, cal_batch))
 
@@ -143,7 +151,7 @@ def test_the_plan_command_runs_the_removal_and_greedy_planners(tmp_path, monkeyp
     assert "layers removed" in capsys.readouterr().out
     for name in ("removal.json", "greedy.json"):
         plan = SlicePlan.from_json((tmp_path / name).read_text())
-        assert plan.removed and plan.provenance["achieved_param_reduction"] >= 0.1
+        assert plan.removes and plan.provenance["achieved_param_reduction"] >= 0.1
     assert main(["plan", "--scores", "scores.json", "--planner", "removal", "--target", "0.1", "--out", "x.json"]) == 2
     assert "budget: params" in capsys.readouterr().err
     # the removal plan through `dynslice slice --plan`: a standard model with the layers gone
@@ -155,6 +163,12 @@ def test_the_plan_command_runs_the_removal_and_greedy_planners(tmp_path, monkeyp
     dense = resolve_model(str(tmp_path / "dense")).model
     assert unique_parameters(reloaded) == sliced_parameters(SlicePlan.from_json((tmp_path / "removal.json")
                                                                                 .read_text()), dense.config)
+    # the greedy plan (a sublayer here) the same way: the dynslice format, as small as the plan says
+    greedy = SlicePlan.from_json((tmp_path / "greedy.json").read_text())
+    assert main(["slice", "--model", "dense", "--calib", "calib.txt", "--nsamples", "2", "--seqlen", "16",
+                 "--plan", "greedy.json", "--out", "pruned"]) == 0
+    pruned = resolve_model(str(tmp_path / "pruned")).model
+    assert unique_parameters(pruned) == sliced_parameters(greedy, dense.config) < unique_parameters(dense)
 
 
 def test_slice_model_refuses_a_plan_that_removes_layers():
@@ -162,5 +176,5 @@ def test_slice_model_refuses_a_plan_that_removes_layers():
 
     model = tiny_model("llama", dtype=torch.float32)
     plan = SlicePlan.removal(model.config.num_hidden_layers, model.config.hidden_size, [1])
-    with pytest.raises(PlanError, match="drop_layers"):
+    with pytest.raises(PlanError, match=r"removal.prune\(model, plan\)"):
         slice_model(model, calibration(), plan)

@@ -8,7 +8,7 @@ from dynslice.commands import options, read_text
 from dynslice.config import ModelConfig, PlanConfig, SelectionConfig
 
 PLAN_FLAGS = {"planner": "--planner", "target": "--target", "variation": "--variation", "budget": "--budget",
-              "round_to": "--round-to", "max_slice": "--max-slice"}
+              "round_to": "--round-to", "max_slice": "--max-slice", "untie_head": "--untie-head", "units": "--units"}
 # the greedy planner measures the model on held-out text
 GREEDY_MODEL_FLAGS = {"source": "--model", "revision": "--revision", "dtype": "--dtype"}
 GREEDY_DATA_FLAGS = {"source": "--heldout", "split": "--heldout-split", "seqlen": "--heldout-seqlen",
@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         variation = config.effective_variation if config.planner == "dynamic" else config.variation
         plan = make_plan(scores, config.planner, config.target, variation=variation, budget=config.budget,
-                         round_to=config.round_to, max_slice=config.max_slice)
+                         round_to=config.round_to, max_slice=config.max_slice, untie_head=config.untie_head)
     with fsspec.open(args.out, "w", encoding="utf-8") as f:
         f.write(plan.to_json() + "\n")
     if args.plot:
@@ -55,8 +55,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {args.out}: mean slicing {p['achieved_mean_slicing']:.4f}, "
           f"parameters removed {p['achieved_param_reduction']:.4f} ({p['parameters']:,} of {p['dense_parameters']:,})")
     print("widths " + " ".join(str(w) for w in plan.widths))
-    if plan.removed:
-        print("layers removed " + " ".join(str(i) for i in plan.removed))
+    for name, removed in (("layers", plan.removed), ("attention of layers", plan.removed_attention),
+                          ("MLP of layers", plan.removed_mlp)):
+        if removed:
+            print(f"{name} removed " + " ".join(str(i) for i in removed))
     return 0
 
 
@@ -64,7 +66,7 @@ def _greedy(args: argparse.Namespace, config: PlanConfig, scores):
     from dynslice.devices import resolve_device
     from dynslice.errors import ConfigError
     from dynslice.models import resolve_model
-    from dynslice.planners_mixed import greedy_layer_plan, heldout_windows
+    from dynslice.planners_mixed import greedy_plan, heldout_windows
 
     if getattr(args, "model", None) is None:
         raise ConfigError("--planner greedy measures the model: give --model (and --heldout for the held-out text)")
@@ -72,4 +74,5 @@ def _greedy(args: argparse.Namespace, config: PlanConfig, scores):
     heldout = options.build(SelectionConfig, args, GREEDY_DATA_FLAGS)
     loaded = resolve_model(model.source, revision=model.revision, dtype=model.dtype)
     windows = heldout_windows(loaded.tokenizer, heldout.source, heldout.split, heldout.seqlen, heldout.windows)
-    return greedy_layer_plan(loaded.model.to(resolve_device(args.device)), windows, config.target, scores=scores)
+    return greedy_plan(loaded.model.to(resolve_device(args.device)), windows, config.target, units=config.units,
+                       scores=scores)

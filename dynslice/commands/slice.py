@@ -42,13 +42,11 @@ def run(args: argparse.Namespace) -> int:
         plan = SlicePlan.constant(config.num_hidden_layers, config.hidden_size, args.sparsity, args.round_to)
     check_plan(plan, config)
     dense = unique_parameters(loaded.model)
-    if plan.removed:  # whole layers dropped: a standard transformers model, no calibration needed
-        from dynslice.removal import drop_layers
-        from dynslice.sliced.format import write_model_folder
+    if plan.removes:  # layers or sublayers dropped: nothing rotated, no calibration needed
+        from dynslice.removal import prune
+        from dynslice.sliced.format import save_model
 
-        drop_layers(loaded.model, plan.removed)
-        write_model_folder(args.out, lambda folder: (loaded.model.save_pretrained(folder),
-                                               loaded.tokenizer.save_pretrained(folder)))
+        save_model(prune(loaded.model, plan), args.out, loaded.tokenizer)
         return _saved(args.out, unique_parameters(loaded.model), dense)
     sample = calibration_windows(calib.source, loaded.tokenizer, calib.nsamples, calib.seqlen, split=calib.split,
                                  seed=calib.seed, glue=calib.glue, pad_short=calib.pad_short)

@@ -27,6 +27,7 @@ def run(store: ArtifactStore, score_ref: ArtifactRef, plan: PlanConfig, variatio
         raise ConfigError("the auto planner tries several candidates: pass the planner (and variation) to plan")
     params = {"planner": planner, "target": plan.target, "budget": plan.budget, "round_to": plan.round_to,
               "max_slice": plan.max_slice, "untie_head": plan.untie_head,
+              **({"units": plan.units} if planner == "greedy" else {}),
               "variation": (plan.effective_variation if variation is None else variation)
               if planner == "dynamic" else None}
     inputs = {"score": score_ref.key, "metric": plan.metric, "params": params}
@@ -47,7 +48,8 @@ def run(store: ArtifactStore, score_ref: ArtifactRef, plan: PlanConfig, variatio
             made = make_plan(scores, planner, plan.target, variation=params["variation"], budget=plan.budget,
                              round_to=plan.round_to, max_slice=plan.max_slice, untie_head=plan.untie_head)
         result = {**params, "metric": plan.metric, "widths": list(made.widths), "mid": list(made.mid),
-                  "removed": list(made.removed),
+                  "removed": list(made.removed), "removed_attention": list(made.removed_attention),
+                  "removed_mlp": list(made.removed_mlp),
                   **{k: made.provenance.get(k) for k in ("achieved_mean_slicing", "achieved_param_reduction")}}
         files = {"plan.json": made.to_json().encode(), "plan.png": plot_plan(made, scores.config["hidden_size"])}
         return Output(result, files)
@@ -67,12 +69,13 @@ def _greedy_inputs(model: ModelConfig, selection: SelectionConfig) -> dict:
 def _greedy(scores, plan: PlanConfig, model: ModelConfig, selection: SelectionConfig, device: str) -> SlicePlan:
     from dynslice.devices import resolve_device
     from dynslice.models import resolve_model
-    from dynslice.planners_mixed import greedy_layer_plan, heldout_windows
+    from dynslice.planners_mixed import greedy_plan, heldout_windows
 
     loaded = resolve_model(model.source, revision=model.revision, dtype=model.dtype)
     windows = heldout_windows(loaded.tokenizer, selection.source, selection.split, selection.seqlen,
                               selection.windows)
-    return greedy_layer_plan(loaded.model.to(resolve_device(device)), windows, plan.target, scores=scores)
+    return greedy_plan(loaded.model.to(resolve_device(device)), windows, plan.target, units=plan.units,
+                       scores=scores)
 
 
 def plan_of(store: ArtifactStore, ref: ArtifactRef) -> SlicePlan:

@@ -40,8 +40,10 @@ def run(store: ArtifactStore, model: ModelConfig, calibration_ref: ArtifactRef, 
     inputs = {"model": identity.key, "dtype": model.dtype, "calibration": calibration_ref.key,
               "widths": list(plan.widths), "mid": list(plan.mid), "untie_head": plan.untie_head,
               "batch_size": batch_size}
-    if plan.removed:  # layer removal: no rotation, so neither the calibration data nor the batching matter
+    if plan.removes:  # removal: no rotation, so neither the calibration data nor the batching matter
         inputs = {"model": identity.key, "dtype": model.dtype, "removed": list(plan.removed)}
+        if plan.removed_attention or plan.removed_mlp:  # (a whole-layer removal keeps its key)
+            inputs |= {"removed_attention": list(plan.removed_attention), "removed_mlp": list(plan.removed_mlp)}
         return run_stage(store, STAGE, inputs, lambda key: _remove(model, plan))
 
     def compute(key: str) -> Output:
@@ -81,20 +83,23 @@ def run(store: ArtifactStore, model: ModelConfig, calibration_ref: ArtifactRef, 
 
 
 def _remove(model: ModelConfig, plan) -> Output:
-    """The dense model without the plan's layers: a standard transformers folder (same class, fewer layers)."""
-    from dynslice.removal import drop_layers
+    """The dense model without the plan's layers and sublayers: a standard transformers folder (same class, fewer
+    layers) when whole layers go, the dynslice format when sublayers go too."""
+    from dynslice.removal import prune
+    from dynslice.sliced.format import save_model
 
     loaded = resolve_model(model.source, revision=model.revision, dtype=model.dtype)
     dense = unique_parameters(loaded.model)
-    reduced = drop_layers(loaded.model, plan.removed)
+    reduced = prune(loaded.model, plan)
     params = unique_parameters(reduced)
     folder = Path(tempfile.mkdtemp(prefix="dynslice-slice-"))
-    reduced.save_pretrained(folder)
-    loaded.tokenizer.save_pretrained(folder)
+    save_model(reduced, folder, loaded.tokenizer)
     files = {f"model/{p.name}": str(p) for p in sorted(folder.iterdir()) if p.is_file()}
     files |= {"spectra.json": b"{}", "spectra.png": plot_spectra({}, {})}  # nothing rotated, nothing sliced
     result = {"parameters": params, "dense_parameters": dense, "param_reduction": 1 - params / dense,
-              "widths": list(plan.widths), "removed": list(plan.removed), "resumed_from_layer": 0,
+              "widths": list(plan.widths), "removed": list(plan.removed),
+              "removed_attention": list(plan.removed_attention), "removed_mlp": list(plan.removed_mlp),
+              "resumed_from_layer": 0,
               "layers_computed": 0}
     return Output(result, files, scratch=folder)
 

@@ -35,16 +35,22 @@ ENTRY = "DynsliceForCausalLM"
 
 
 def _write_local(model: nn.Module, folder: Path, tokenizer, max_shard_size: str) -> None:
-    if sliced_meta(model.config) is None:
-        raise DynsliceError("save_sliced needs a model returned by slice_model (or load_sliced)")
+    meta = sliced_meta(model.config)
+    if meta is None:
+        raise DynsliceError("save_sliced needs a model returned by slice_model, prune or load_sliced")
     folder.mkdir(parents=True, exist_ok=True)
     config = model.config.to_dict()
-    # tie_word_embeddings=False: transformers must not tie the sliced head (other shapes) to the embedding; a
-    # head that stays tied shares its table through the model's modules (`dynslice.tied_head`)
     config.update(architectures=[ENTRY], auto_map={"AutoModelForCausalLM": f"modeling_dynslice.{ENTRY}"},
-                  tie_word_embeddings=False, dtype=str(next(model.parameters()).dtype).removeprefix("torch."))
+                  dtype=str(next(model.parameters()).dtype).removeprefix("torch."))
+    state = model.state_dict()
+    if meta.get("rotated", True):
+        # transformers must not tie the sliced head (other shapes) to the embedding; a head that stays tied
+        # shares its table through the model's modules (`dynslice.tied_head`)
+        config["tie_word_embeddings"] = False
+    elif _tied(model, meta["arch"]):  # pruned: transformers ties the head again on loading; store the table once
+        state.pop(f"{meta['arch']['head']}.weight")
     (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    state = {k: v.detach().contiguous() for k, v in state.items()}
     save_torch_state_dict(state, folder, max_shard_size=max_shard_size, metadata={"format": "pt"})
     shutil.copyfile(modeling_dynslice.__file__, folder / "modeling_dynslice.py")
     if getattr(model, "generation_config", None) is not None:
@@ -53,9 +59,22 @@ def _write_local(model: nn.Module, folder: Path, tokenizer, max_shard_size: str)
         tokenizer.save_pretrained(folder)
 
 
+def _tied(model: nn.Module, arch: dict) -> bool:
+    return model.get_submodule(arch["head"]).weight is model.get_submodule(arch["embeddings"][0]).weight
+
+
 def save_sliced(model: nn.Module, path: str | os.PathLike, tokenizer=None, *, max_shard_size: str = "5GB") -> str:
-    """Write a sliced model to a folder or fsspec URI; returns the path written."""
+    """Write a sliced (or pruned: `dynslice.removal.prune`) model to a folder or fsspec URI; returns the path."""
     return write_model_folder(path, lambda folder: _write_local(model, folder, tokenizer, max_shard_size))
+
+
+def save_model(model: nn.Module, path: str | os.PathLike, tokenizer=None) -> str:
+    """Write any model dynslice makes: sliced or pruned ones in the dynslice format (`save_sliced`), a model with
+    whole layers removed as the plain transformers folder it is; returns the path written."""
+    if sliced_meta(model.config) is not None:
+        return save_sliced(model, path, tokenizer)
+    return write_model_folder(path, lambda folder: (model.save_pretrained(folder),
+                                                    tokenizer is None or tokenizer.save_pretrained(folder)))
 
 
 def write_model_folder(path: str | os.PathLike, write) -> str:

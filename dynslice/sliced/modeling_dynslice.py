@@ -11,6 +11,11 @@ A sliced model is its base transformers model with three changes, all described 
 - each decoder layer is a block whose residual path carries a change of basis: x @ S instead of x;
 - (`tied_head`, format 2) a head tied to the embedding stays tied: the head holds the one [V, D] table and
   the final norm's scale as a [D, D] matrix, and the token embedding reads the table's first d_0 columns.
+
+A pruned model (format 3, `rotated: false`) is the base model, not rotated and not sliced, whose decoder layers
+listed in `skip_attention` / `skip_mlp` lost their attention or their MLP (and the norm feeding it): the `greedy`
+planner's sublayer removal. Its norms, embedding and head are the base model's, and a tied head stays tied the
+transformers way. A config records the lowest format that reads it: sliced models stay format 2.
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ from torch import nn
 from torch.nn import functional as F
 
 FORMAT_VERSION = 2  # 2: `tied_head` (a format-1 config is read as an untied one)
-READABLE_FORMATS = (1, 2)
+PRUNED_FORMAT = 3  # 3: `rotated: false` with `skip_attention` / `skip_mlp`
+READABLE_FORMATS = (1, 2, 3)
 
 
 class RMSN(nn.Module):
@@ -245,9 +251,65 @@ def structure_block(block: _Block, arch: dict, d_in: int, d_mid: int, d_out: int
         block.mlp_shortcut = _param(like, d_mid, d_out)
 
 
+class NoAttention(nn.Module):
+    """Stands in for a skipped attention module: adds nothing to the stream, keeps no KV cache; returns
+    (output, weights) like an attention module."""
+
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
+        return torch.zeros_like(hidden_states), None
+
+
+class NoMLP(nn.Module):
+    """Stands in for a skipped MLP: adds nothing to the stream."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(x)
+
+
+def skip_problem(arch: dict, num_layers: int, attention, mlp, layer_types=None) -> str | None:
+    """Why a model of `num_layers` layers cannot skip these sublayers, or None."""
+    if (attention or mlp) and arch["topology"] != "sequential":
+        return "only sequential blocks can skip a sublayer (a parallel block's two read one norm)"
+    if any(not 0 <= i < num_layers for i in [*attention, *mlp]) or set(attention) & set(mlp):
+        return (f"cannot skip attention {sorted(attention)} and MLP {sorted(mlp)} of a model with {num_layers} "
+                "layers (each layer keeps at least one of the two)")
+    if attention and len(set(layer_types or ["one"])) > 1:
+        return ("skipping attention renumbers the KV cache, which needs one attention type per layer; this model "
+                f"mixes {sorted(set(layer_types))}")
+    return None
+
+
+def skip_sublayers(model: nn.Module, arch: dict, attention=(), mlp=()) -> None:
+    """Decoder layers `attention` lose their attention and layers `mlp` their MLP, each with the norm feeding it
+    (sequential blocks only; indices of this model's layers). Parameter-free stand-ins add zero, so the model keeps
+    its class. The attention modules left are renumbered 0, 1, ... so the KV cache's first layers are theirs:
+    the cache reads its sequence length from layer 0, which a skipped attention would never fill."""
+    layers = model.get_submodule(arch["layers"])
+    attention, mlp = sorted(set(attention)), sorted(set(mlp))
+    problem = skip_problem(arch, len(layers), attention, mlp, getattr(model.config, "layer_types", None))
+    if problem:
+        raise ValueError(problem)
+    for i in attention:
+        layers[i].set_submodule(arch["attn"], NoAttention())
+        layers[i].set_submodule(arch["attn_norm"], nn.Identity())
+    for i in mlp:
+        for name in arch["mlp"]:
+            layers[i].set_submodule(name, NoMLP() if name == arch["mlp"][0] else nn.Identity())
+        layers[i].set_submodule(arch["mlp_norm"], nn.Identity())
+    if attention:
+        kept = [layer for i, layer in enumerate(layers) if i not in set(attention)]
+        for slot, layer in enumerate(kept):
+            for module in layer.modules():
+                if hasattr(module, "layer_idx"):
+                    module.layer_idx = slot
+
+
 def apply_structure(model: nn.Module, meta: dict) -> None:
-    """Turn a freshly built base model into the shapes of a sliced one (weights left empty)."""
+    """Turn a freshly built base model into the shapes of a sliced (or pruned) one (weights left empty)."""
     arch, widths, mid = meta["arch"], meta["widths"], meta["mid"]
+    if not meta.get("rotated", True):  # pruned: the base model's own modules, some sublayers skipped
+        skip_sublayers(model, arch, meta.get("skip_attention", ()), meta.get("skip_mlp", ()))
+        return
     replace_norms(model, arch, model.config.hidden_size)
     structure_ends(model, arch, widths[0], widths[-1], tied=bool(meta.get("tied_head", False)))
     transformers_tying_off(model)
@@ -288,6 +350,17 @@ def mark_sliced(model: nn.Module, arch: dict, plan: dict, tied_head: bool = Fals
     per-layer widths and whether the head stays tied to the embedding (plus the whole plan, for people)."""
     model.config.dynslice = {"format": FORMAT_VERSION, "base_class": type(model).__name__, "arch": arch,
                              "widths": list(plan["widths"]), "mid": list(plan["mid"]), "tied_head": tied_head,
+                             "plan": plan}
+
+
+def mark_pruned(model: nn.Module, arch: dict, plan: dict, attention=(), mlp=()) -> None:
+    """Record in the model's config which of its layers skip their attention or MLP (see skip_sublayers), for a
+    model that is neither rotated nor sliced (plus the whole plan, for people)."""
+    width = model.config.hidden_size
+    layers = len(model.get_submodule(arch["layers"]))
+    model.config.dynslice = {"format": PRUNED_FORMAT, "base_class": type(model).__name__, "arch": arch,
+                             "rotated": False, "widths": [width] * (layers + 1), "mid": [width] * layers,
+                             "tied_head": False, "skip_attention": sorted(attention), "skip_mlp": sorted(mlp),
                              "plan": plan}
 
 
