@@ -115,7 +115,7 @@ def slice_model(model: nn.Module, calibration, plan: SlicePlan, *, batch_size: i
     """
     spectra = {} if spectra is None else spectra
     if sliced_meta(model.config) is not None:
-        raise DynsliceError("this model is already sliced")
+        raise DynsliceError("this model is already sliced or pruned: slice the dense model")
     spec = spec_for(model)
     check_plan(plan, model.config)
     if plan.removes:

@@ -31,6 +31,14 @@ def round_width(width: float, hidden_size: int, round_to: int) -> int:
     return hidden_size if rounded >= hidden_size else max(round_to, rounded)
 
 
+def _indices(name: str, values) -> tuple[int, ...]:
+    """A plan file's list of layer indices (integral numbers; not strings or booleans), or a PlanError naming it."""
+    if not isinstance(values, list) or any(isinstance(v, bool) or not isinstance(v, (int, float)) or
+                                           not float(v).is_integer() for v in values):
+        raise PlanError(f"{name} must be a list of layer indices (integers >= 0), got {values!r}")
+    return tuple(int(v) for v in values)
+
+
 @dataclass(frozen=True)
 class SlicePlan:
     widths: tuple[int, ...]
@@ -148,15 +156,14 @@ class SlicePlan:
     def from_dict(cls, data: dict) -> "SlicePlan":
         if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT or "widths" not in data:
             raise PlanError(f"not a dynslice plan (format {PLAN_FORMAT} with `widths` expected)")
+        removals = {name: _indices(name, data.get(name, [])) for name in ("removed", "removed_attention",
+                                                                           "removed_mlp")}
         try:  # plans written before `untie_head` existed keep a tied head tied
             plan = cls.from_widths(data["widths"], data.get("mid"), data.get("provenance"),
-                                   data.get("untie_head", False), data.get("removed", ()))
-            if "removed_attention" in data or "removed_mlp" in data:
-                return cls(plan.widths, plan.mid, plan.provenance, plan.untie_head, plan.removed,
-                           tuple(data.get("removed_attention", ())), tuple(data.get("removed_mlp", ())))
-            return plan
+                                   data.get("untie_head", False))
         except (TypeError, ValueError) as exc:
             raise PlanError(f"plan widths must be lists of positive integers: {exc}") from None
+        return cls(plan.widths, plan.mid, plan.provenance, plan.untie_head, **removals)
 
     @classmethod
     def from_json(cls, text: str) -> "SlicePlan":

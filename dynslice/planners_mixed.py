@@ -36,7 +36,7 @@ from dynslice.counts import (ATTENTION, KINDS, MLP, as_config, check_plan, dense
 from dynslice.errors import PlanError, UnsupportedArchitectureError
 from dynslice.plan import SlicePlan
 from dynslice.planners import check_fraction
-from dynslice.sliced.modeling_dynslice import BLOCKS
+from dynslice.sliced.modeling_dynslice import BLOCKS, skip_problem
 
 log = logging.getLogger(__name__)
 
@@ -313,7 +313,8 @@ def greedy_removal(measure: Measure, config, target: float, *, kinds: Iterable[s
 # -- measuring: held-out loss without some units ------------------------------------------------------------
 class HeldOutLoss:
     """measure(removed, extra) for `greedy_removal`: mean token NLL (or KL to the dense model) on fixed windows
-    of a dense model with the units `removed | extra` skipped.
+    of a dense model with the units `removed | extra` skipped (parallel blocks: whole layers only, as
+    `greedy_removal` asks there).
 
     The states entering every layer are kept for `removed` (the set the search has accepted), so a candidate
     reruns only the layers from its first unit on, plus the head. Memory: L * N * T * D floats of the model's
@@ -330,8 +331,7 @@ class HeldOutLoss:
         self.criterion = criterion
         self._reference: list[torch.Tensor] | None = None  # per batch [B, T, D]: dense last states, for "kl"
         self.spec = spec_for(model)
-        if self.spec.topology != "sequential":
-            raise UnsupportedArchitectureError("HeldOutLoss skips sublayers of sequential blocks only")
+        self.parallel = self.spec.topology == "parallel"  # then a layer goes whole: (i, ATTENTION) and (i, MLP)
         self.model = model.eval()
         self.device = next(model.parameters()).device
         calib = as_calibration(windows, vocab_size=model.config.vocab_size)
@@ -340,7 +340,7 @@ class HeldOutLoss:
         arch = self.spec.to_dict()
         # the dense layers seen through dynslice's block (norm_attn, attend, norm_mlp, feed_forward), sharing
         # their modules: nothing is copied or changed
-        self.blocks = [BLOCKS["sequential"](layer, arch) for layer in model.get_submodule(self.spec.layers)]
+        self.blocks = [BLOCKS[self.spec.topology](layer, arch) for layer in model.get_submodule(self.spec.layers)]
         self.inputs, self.kwargs = sig.inputs, sig.kwargs  # per batch [B, T, D], layer keyword arguments
         self.masks = [m.to(self.device) for m in sig.masks]
         self.targets = [ids.to(self.device) for ids, _ in calib.batches(batch_size)]
@@ -366,10 +366,15 @@ class HeldOutLoss:
             block = self.blocks[i]
             for b, kw in enumerate(self.kwargs):
                 x = hs[b]  # [B, T, D]
-                if (i, ATTENTION) not in drop:
-                    x = x + block.attend(block.norm_attn(x), **move_to(kw, self.device))
-                if (i, MLP) not in drop:
-                    x = x + block.feed_forward(block.norm_mlp(x))
+                if self.parallel:  # x + attn(n(x)) + mlp(n(x)); only whole layers are candidates here
+                    if (i, ATTENTION) not in drop:
+                        normed = block.norm_attn(x)
+                        x = x + block.attend(normed, **move_to(kw, self.device)) + block.feed_forward(normed)
+                else:
+                    if (i, ATTENTION) not in drop:
+                        x = x + block.attend(block.norm_attn(x), **move_to(kw, self.device))
+                    if (i, MLP) not in drop:
+                        x = x + block.feed_forward(block.norm_mlp(x))
                 hs[b] = x
         if drop == frozenset() and self.criterion == "kl" and self._reference is None:
             self._reference = [h.clone() for h in hs]  # the dense model's last states: its predictions
@@ -421,6 +426,21 @@ def heldout_windows(tokenizer, source: str, split: str | None, seqlen: int, wind
 UNITS = ("sublayers", "layers")  # what the `greedy` planner may drop: sublayers and layers, or whole layers only
 
 
+def sublayer_kinds(model: nn.Module) -> tuple[str, ...]:
+    """What the `greedy` planner with `units: sublayers` may drop from `model`: attention, MLP or whole layers,
+    except that parallel blocks (one shared norm) lose whole layers only, and models mixing attention types per
+    layer keep every attention (dropping one renumbers the KV cache: `modeling_dynslice.skip_problem`)."""
+    spec = spec_for(model)
+    if spec.topology != "sequential":
+        log.info("greedy planner: parallel blocks share one norm, so only whole layers are candidates")
+        return (LAYER,)
+    if skip_problem(spec.to_dict(), model.config.num_hidden_layers, (0,), (),
+                    getattr(model.config, "layer_types", None)):
+        log.info("greedy planner: this model mixes attention types per layer, so no attention is dropped alone")
+        return (MLP, LAYER)
+    return CANDIDATE_KINDS
+
+
 def greedy_plan(model: nn.Module, windows, target: float, *, units: str = "sublayers", scores=None,
                 progress: bool = True) -> SlicePlan:
     """The `greedy` planner: one removal at a time, each the one that raises the held-out loss least per parameter
@@ -433,10 +453,7 @@ def greedy_plan(model: nn.Module, windows, target: float, *, units: str = "subla
 
     if units not in UNITS:
         raise PlanError(f"units must be one of {', '.join(UNITS)}, got {units!r}")
-    sequential = spec_for(model).topology == "sequential"
-    kinds = CANDIDATE_KINDS if units == "sublayers" and sequential else (LAYER,)
-    if units == "sublayers" and not sequential:
-        log.info("greedy planner: parallel blocks share one norm, so only whole layers are candidates")
+    kinds = sublayer_kinds(model) if units == "sublayers" else (LAYER,)
     mixed = greedy_removal(HeldOutLoss(model.eval(), windows), model.config, target, kinds=kinds,
                            progress=progress)
     provenance = {"planner": "greedy", "target": float(target), "units": units, "search": mixed.provenance}

@@ -64,13 +64,22 @@ def arch_of(model: nn.Module) -> dict:
 
 
 def adapter_targets(model: nn.Module, arch: dict, groups: list[str]) -> list[str]:
-    """Full module names of the linears in the chosen groups, e.g. `model.layers.3.self_attn.q_proj`."""
+    """Full module names of the linears in the chosen groups, e.g. `model.layers.3.self_attn.q_proj` (a pruned
+    model's skipped sublayers have none)."""
     paths: list[str] = []
     for group in groups:
         value = arch[group]
         paths += [value] if isinstance(value, str) else list(value)
     layers = model.get_submodule(arch["layers"])
-    return [f"{arch['layers']}.{i}.{path}" for i in range(len(layers)) for path in paths]
+    return [f"{arch['layers']}.{i}.{path}" for i, layer in enumerate(layers) for path in paths
+            if isinstance(_module_at(layer, path), nn.Linear)]
+
+
+def _module_at(root: nn.Module, path: str) -> nn.Module | None:
+    try:
+        return root.get_submodule(path)
+    except AttributeError:
+        return None
 
 
 def shortcut_slots(model: nn.Module, arch: dict) -> list[tuple[nn.Module, str]]:

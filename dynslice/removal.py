@@ -21,7 +21,7 @@ from dynslice.counts import as_config, check_plan, dense_parameters, layer_param
 from dynslice.errors import PlanError, ScoreError, UnsupportedArchitectureError
 from dynslice.plan import SlicePlan
 from dynslice.scores import LayerScores, check_values
-from dynslice.sliced.modeling_dynslice import mark_pruned, skip_problem, skip_sublayers
+from dynslice.sliced.modeling_dynslice import mark_pruned, skip_problem, skip_sublayers, sliced_meta
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +104,9 @@ def prune(model: nn.Module, plan: SlicePlan) -> nn.Module:
     """Apply `plan`'s removals to `model` in place and return it: its layers `removed` go, then its layers
     `removed_attention` / `removed_mlp` (dense indices) lose that sublayer. With sublayers gone, the config
     records them (the dynslice format), so `save_sliced` writes the model and `load_sliced` rebuilds it."""
+    if sliced_meta(model.config) is not None:
+        raise PlanError("this model is already sliced or pruned: prune the dense model (with a plan that lists "
+                        "every removal)")
     spec = spec_for(model)
     if not plan.removes:
         raise PlanError("the plan removes nothing: slice it with slice_model")

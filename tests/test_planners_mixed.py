@@ -241,3 +241,39 @@ def test_greedy_refuses_bad_input():
         greedy_removal(measure, CONFIGS["phi"](), 0.1)
     with pytest.raises(PlanError, match="not finite"):
         greedy_removal(lambda removed, extra: math.nan, config, 0.1, progress=False)
+
+
+def test_held_out_loss_and_the_greedy_planner_on_parallel_blocks():
+    """Phi: a layer's attention and MLP read one norm, so whole layers are the only candidates, and the measured
+    loss equals the loss of the model without them."""
+    from dynslice.planners_mixed import greedy_plan
+
+    model = tiny_model("phi")
+    windows = calibration(n=3, t=12)["input_ids"]
+    measure = HeldOutLoss(model, windows, batch_size=2)
+    assert measure(frozenset()) == pytest.approx(_loss(model, windows), rel=1e-10)
+    layer = frozenset({(1, ATTENTION), (1, MLP)})
+    reduced = apply_removal(tiny_model("phi"), MixedPlan(removed=(1,)))
+    assert measure(frozenset(), layer) == pytest.approx(_loss(reduced, windows), rel=1e-10)
+    for units in ("sublayers", "layers"):  # sublayers falls back to whole layers
+        plan = greedy_plan(model, windows, 0.2, units=units, progress=False)
+        assert plan.removed and not plan.removed_attention + plan.removed_mlp
+        assert plan.provenance["search"]["kinds"] == [LAYER]
+
+
+def test_the_greedy_planner_keeps_every_attention_of_a_model_mixing_attention_types():
+    """Dropping one attention renumbers the KV cache, which needs one attention type: no such candidate there."""
+    import transformers
+
+    from dynslice.planners_mixed import greedy_plan, sublayer_kinds
+    from dynslice.removal import prune
+
+    config = CONFIGS["qwen2"]()
+    config.num_hidden_layers, config.sliding_window = 4, 8
+    config.layer_types = ["sliding_attention", "full_attention"] * 2
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float64).eval()
+    assert sublayer_kinds(model) == (MLP, LAYER) and sublayer_kinds(tiny_model("llama")) == (ATTENTION, MLP, LAYER)
+    plan = greedy_plan(model, calibration(n=3, t=12)["input_ids"], 0.3, progress=False)
+    assert not plan.removed_attention and plan.removes
+    prune(model, plan)  # and the plan applies

@@ -35,7 +35,7 @@ def test_a_sublayer_plan_round_trips_and_refuses_contradictions():
         SlicePlan.removal(3, 32, (), attention=(1,), mlp=(1,))
     with pytest.raises(PlanError, match="in both removed and removed_mlp"):
         SlicePlan.removal(3, 32, (1,), mlp=(1,))
-    with pytest.raises(PlanError, match="removed_attention must be distinct layer indices"):
+    with pytest.raises(PlanError, match="removed_attention must be a list of layer indices"):
         SlicePlan.from_dict({**plan.to_dict(), "removed_attention": [0, "1"]})
     with pytest.raises(PlanError, match="the model has 3 layers"):
         _plan(CONFIGS["llama"](), mlp=(3,)).check(3, 32)
@@ -137,3 +137,25 @@ def test_save_model_writes_each_kind_of_model_in_its_format(tmp_path):
 
     with pytest.raises(HubError, match="pruned model"):
         sliced_config(tmp_path / "sub")
+
+
+def test_prune_refuses_a_model_that_is_already_sliced_or_pruned():
+    from dynslice.compress import slice_model
+
+    pruned = prune(tiny_model("llama"), _plan(CONFIGS["llama"](), attention=(0,), mlp=()))
+    with pytest.raises(PlanError, match="already sliced or pruned"):
+        prune(pruned, _plan(CONFIGS["llama"](), attention=(), mlp=(1,)))
+    sliced = slice_model(tiny_model("llama"), calibration(), SlicePlan.constant(3, 32, 0.25), progress=False)
+    with pytest.raises(PlanError, match="already sliced or pruned"):
+        prune(sliced, _plan(CONFIGS["llama"]()))
+
+
+@pytest.mark.parametrize("field, value", [("removed_attention", 0), ("removed_mlp", None), ("removed", ["2"]),
+                                          ("removed_attention", [True]), ("removed_mlp", {"1": 0}),
+                                          ("removed", [1.5])])
+def test_a_plan_file_with_bad_removal_lists_names_the_field(field, value):
+    data = {**_plan(CONFIGS["llama"](), attention=(), mlp=()).to_dict(), field: value}
+    with pytest.raises(PlanError, match=f"{field} must be a list of layer indices"):
+        SlicePlan.from_dict(data)
+    # integral floats (JSON 1.0) are indices
+    assert SlicePlan.from_dict({**data, field: [1.0]}).to_dict()[field] == [1]

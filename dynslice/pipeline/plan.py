@@ -26,7 +26,8 @@ def run(store: ArtifactStore, score_ref: ArtifactRef, plan: PlanConfig, variatio
     if planner == "auto":
         raise ConfigError("the auto planner tries several candidates: pass the planner (and variation) to plan")
     params = {"planner": planner, "target": plan.target, "budget": plan.budget, "round_to": plan.round_to,
-              "max_slice": plan.max_slice, "untie_head": plan.untie_head,
+              "max_slice": plan.max_slice,
+              "untie_head": plan.untie_head if planner in ("constant", "dynamic") else None,  # removal slices nothing
               **({"units": plan.units} if planner == "greedy" else {}),
               "variation": (plan.effective_variation if variation is None else variation)
               if planner == "dynamic" else None}

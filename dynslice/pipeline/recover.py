@@ -20,7 +20,7 @@ from dynslice.models import resolve_model, tokenizer_of
 from dynslice.pipeline import slice as slice_stage
 from dynslice.pipeline.stage import Output, Stage, run_stage
 from dynslice.recover import recover, training_windows
-from dynslice.sliced.format import save_sliced
+from dynslice.sliced.format import save_model
 from dynslice.store import ArtifactRef, ArtifactStore
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ def run(store: ArtifactStore, model: ModelConfig, slice_ref: ArtifactRef, settin
             store.drop_checkpoint(STAGE.name, key)
             stats = recover(loaded.model, windows, settings, **run)
         out = Path(tempfile.mkdtemp(prefix="dynslice-recover-"))
-        save_sliced(loaded.model, out / "model", tokenizer=loaded.tokenizer)
+        save_model(loaded.model, out / "model", tokenizer=loaded.tokenizer)  # a layer-removed model stays plain
         files = {f"model/{p.name}": str(p) for p in sorted((out / "model").iterdir()) if p.is_file()}
         summary = {k: v for k, v in stats.to_dict().items() if k != "losses"}
         files["recovery.json"] = json.dumps(stats.to_dict(), indent=2).encode()

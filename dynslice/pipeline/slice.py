@@ -42,7 +42,7 @@ def run(store: ArtifactStore, model: ModelConfig, calibration_ref: ArtifactRef, 
               "batch_size": batch_size}
     if plan.removes:  # removal: no rotation, so neither the calibration data nor the batching matter
         inputs = {"model": identity.key, "dtype": model.dtype, "removed": list(plan.removed)}
-        if plan.removed_attention or plan.removed_mlp:  # (a whole-layer removal keeps its key)
+        if plan.removed_attention or plan.removed_mlp:  # (whole-layer removals keep the inputs they had)
             inputs |= {"removed_attention": list(plan.removed_attention), "removed_mlp": list(plan.removed_mlp)}
         return run_stage(store, STAGE, inputs, lambda key: _remove(model, plan))
 

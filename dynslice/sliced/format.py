@@ -37,7 +37,8 @@ ENTRY = "DynsliceForCausalLM"
 def _write_local(model: nn.Module, folder: Path, tokenizer, max_shard_size: str) -> None:
     meta = sliced_meta(model.config)
     if meta is None:
-        raise DynsliceError("save_sliced needs a model returned by slice_model, prune or load_sliced")
+        raise DynsliceError("save_sliced needs a sliced model (slice_model), one that lost sublayers (prune) or one "
+                            "loaded by load_sliced; save a dense or layer-removed model with save_model")
     folder.mkdir(parents=True, exist_ok=True)
     config = model.config.to_dict()
     config.update(architectures=[ENTRY], auto_map={"AutoModelForCausalLM": f"modeling_dynslice.{ENTRY}"},
@@ -47,7 +48,8 @@ def _write_local(model: nn.Module, folder: Path, tokenizer, max_shard_size: str)
         # transformers must not tie the sliced head (other shapes) to the embedding; a head that stays tied
         # shares its table through the model's modules (`dynslice.tied_head`)
         config["tie_word_embeddings"] = False
-    elif _tied(model, meta["arch"]):  # pruned: transformers ties the head again on loading; store the table once
+    elif config.get("tie_word_embeddings") and _tied(model, meta["arch"]):
+        # pruned: transformers ties the head again on loading (the config says so); store the table once
         state.pop(f"{meta['arch']['head']}.weight")
     (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     state = {k: v.detach().contiguous() for k, v in state.items()}
