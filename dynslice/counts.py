@@ -72,10 +72,6 @@ ATTENTION, MLP = "attention", "mlp"
 KINDS = (ATTENTION, MLP)  # the two sublayers of a decoder layer, as a unit (layer index, kind) names them
 
 
-def _count(module: nn.Module | None) -> int:
-    return 0 if module is None else sum(p.numel() for p in module.parameters())
-
-
 def sublayer_parameters(config) -> tuple[tuple[int, int], ...]:
     """Parameters each layer loses with its attention and with its MLP: ((attention, mlp), ...) [L].
 
@@ -91,10 +87,10 @@ def _sublayer_table(config_json: str) -> tuple[tuple[int, int], ...]:
     sequential = spec.topology == "sequential"
     out = []
     for layer in model.get_submodule(spec.layers):
-        attention = _count(layer.get_submodule(spec.attn))
-        attention += _count(layer.get_submodule(spec.attn_norm)) if sequential else 0
-        mlp = sum(_count(layer.get_submodule(name)) for name in spec.mlp)
-        mlp += _count(layer.get_submodule(spec.mlp_norm)) if spec.mlp_norm else 0
+        attention = unique_parameters(layer.get_submodule(spec.attn))
+        attention += unique_parameters(layer.get_submodule(spec.attn_norm)) if sequential else 0
+        mlp = sum(unique_parameters(layer.get_submodule(name)) for name in spec.mlp)
+        mlp += unique_parameters(layer.get_submodule(spec.mlp_norm)) if spec.mlp_norm else 0
         out.append((attention, mlp))
     return tuple(out)
 

@@ -75,8 +75,13 @@ def save_model(model: nn.Module, path: str | os.PathLike, tokenizer=None) -> str
     whole layers removed as the plain transformers folder it is; returns the path written."""
     if sliced_meta(model.config) is not None:
         return save_sliced(model, path, tokenizer)
-    return write_model_folder(path, lambda folder: (model.save_pretrained(folder),
-                                                    tokenizer is None or tokenizer.save_pretrained(folder)))
+
+    def write(folder: Path) -> None:
+        model.save_pretrained(folder)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(folder)
+
+    return write_model_folder(path, write)
 
 
 def write_model_folder(path: str | os.PathLike, write) -> str:
